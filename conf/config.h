@@ -1,0 +1,98 @@
+/*
+ * The configuration model: one table of settings drives loading, reload,
+ * SHOW CONFIG and error messages with file:line.
+ */
+#ifndef PGC_CONF_CONFIG_H
+#define PGC_CONF_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum { POOL_SESSION = 0, POOL_TRANSACTION = 1 } PoolMode;
+typedef enum { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 } AuthType;
+typedef enum { LOG_ERROR = 0, LOG_WARNING = 1, LOG_INFO = 2, LOG_DEBUG = 3 } LogLevel;
+
+/* One [databases] entry. Unset numeric overrides are -1, strings NULL. */
+typedef struct DbConf {
+    char *name;     /* client-facing database name, or "*" */
+    char *host;     /* hostname, IP, or a directory for a unix socket */
+    int port;       /* default 5432 */
+    char *dbname;   /* upstream name; NULL = same as the client's */
+    char *user;     /* upstream user; NULL = the client's */
+    char *password; /* upstream password; NULL = look in auth_file */
+    int pool_size;
+    int max_overflow;
+    int pool_mode; /* -1 or a PoolMode */
+    int line;      /* where it was defined, for messages */
+} DbConf;
+
+/* One auth_file entry: a plain password, an md5 hash or a SCRAM secret. */
+typedef struct AuthUser {
+    char *name;
+    char *secret;
+} AuthUser;
+
+typedef struct Config {
+    char *path; /* file loaded, NULL when built from the command line */
+
+    char *listen_addr;
+    int listen_port;
+    char *unix_socket_dir;
+    PoolMode pool_mode;
+    AuthType auth_type;
+    char *auth_file;
+    int pool_size;
+    int max_overflow;
+    double pool_timeout;   /* seconds */
+    int pool_recycle;      /* seconds, -1 = never */
+    bool pool_pre_ping;
+    double pre_ping_idle;  /* seconds */
+    int max_client_conn;
+    double client_login_timeout;   /* seconds, 0 = none */
+    double server_connect_timeout; /* seconds */
+    int max_packet_size;           /* bytes; larger client messages are refused */
+    LogLevel log_level;
+
+    DbConf *dbs;
+    int ndbs;
+    AuthUser *users;
+    int nusers;
+} Config;
+
+/*
+ * Load and validate a config file (and the auth_file it names, relative
+ * paths resolved against the config's directory). On error returns NULL and
+ * writes "file:line: message" into err.
+ */
+Config *config_load(const char *path, char *err, size_t errlen);
+
+/*
+ * Build a config for the quick start: one "*" database pointing at a
+ * postgresql:// URL, trust auth for clients, listening on listen
+ * ("host:port", "port" or NULL for 127.0.0.1:6432).
+ */
+Config *config_from_url(const char *url, const char *listen, char *err, size_t errlen);
+
+void config_free(Config *cfg);
+
+/* The [databases] entry for a client's database name: exact match, else "*", else NULL. */
+const DbConf *config_find_db(const Config *cfg, const char *name);
+/* The auth_file secret for a user, or NULL. */
+const char *config_find_user(const Config *cfg, const char *user);
+
+/* Effective per-database values (entry override or global). */
+int dbconf_pool_size(const Config *cfg, const DbConf *db);
+int dbconf_max_overflow(const Config *cfg, const DbConf *db);
+PoolMode dbconf_pool_mode(const Config *cfg, const DbConf *db);
+
+/* Settings table iteration, for SHOW CONFIG and the docs. */
+typedef struct ConfigItem {
+    const char *name;
+    char value[256];
+    const char *default_value;
+    bool reloadable;
+} ConfigItem;
+/* Fills item for setting i; returns false past the end. */
+bool config_item(const Config *cfg, int i, ConfigItem *item);
+
+#endif
