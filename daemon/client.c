@@ -1,0 +1,775 @@
+/*
+ * Client connections: the startup packet, authentication, the welcome, and
+ * forwarding the client's messages to whichever server the pool links.
+ */
+#include "daemon/log.h"
+#include "daemon/worker.h"
+#include "proto/msg.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Bound on a login-phase message (password, SASL). */
+#define CLIENT_MAX_LOGIN_MSG 8192
+/* How long a refused client may keep sending before it is cut off. */
+#define CLIENT_LINGER_SEC 2.0
+
+static void client_on_io(void *arg, IoEvent ev);
+static void client_process(Client *c);
+
+static List *client_state_list(Client *c, ClientState st)
+{
+    switch (st) {
+    case CL_LOGIN:
+        return &c->w->login_clients;
+    case CL_IDLE:
+        return &c->pool->idle_clients;
+    case CL_WAITING:
+        return &c->pool->waiting_clients;
+    case CL_ACTIVE:
+        return &c->pool->active_clients;
+    case CL_LINGER:
+        return &c->w->linger_clients;
+    case CL_CLOSING:
+        return &c->w->just_free_clients;
+    case CL_FREE:
+        return NULL;
+    }
+    abort(); /* an unknown state is a bug */
+}
+
+void client_set_state(Client *c, ClientState st)
+{
+    List *from = client_state_list(c, c->state);
+    List *to = client_state_list(c, st);
+
+    if (from)
+        list_remove(from, &c->node);
+    c->state = st;
+    if (to)
+        list_append(to, &c->node);
+}
+
+static const char *client_id(const Client *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "C-%p %s/%s@%s", (const void *)c, c->database ? c->database : "(nodb)",
+             c->user ? c->user : "(nouser)", c->addr);
+    return buf;
+}
+
+static void client_send(Client *c, PktBuf *b)
+{
+    if (b->failed) {
+        client_close(c, "out of memory");
+        return;
+    }
+    io_send(&c->io, b->data, b->len);
+}
+
+/* What happens to a client's server when the client goes away. */
+static void client_detach_server(Client *c)
+{
+    Server *s = c->server;
+
+    if (!s)
+        return;
+    c->server = NULL;
+    s->client = NULL;
+    if (s->expect_z > 0 || s->copy_in || s->dirty || s->internal_z > 0 || s->pkt_left > 0) {
+        /* Mid-answer: the backend's state is unknowable from here. */
+        server_close(s, "client disconnected while a query was running");
+        return;
+    }
+    if (s->pool->mode == POOL_SESSION)
+        server_reset(s, true);
+    else if (s->tx_status != 'I')
+        server_reset(s, false);
+    else
+        pool_release(s);
+}
+
+void client_close(Client *c, const char *reason)
+{
+    char id[256];
+
+    if (c->state == CL_CLOSING)
+        return;
+    if (c->state == CL_LOGIN || c->state == CL_LINGER)
+        log_debug("%s closing: %s", client_id(c, id, sizeof(id)), reason);
+    else
+        log_info("%s closing: %s", client_id(c, id, sizeof(id)), reason);
+    client_detach_server(c);
+    io_close(&c->io);
+    client_set_state(c, CL_CLOSING);
+    worker_schedule_reap(c->w);
+}
+
+void client_error_close(Client *c, const char *sqlstate, const char *fmt, ...)
+{
+    char msg[512], id[256];
+    PktBuf *b = worker_pkt(c->w);
+    va_list ap;
+
+    if (c->state == CL_CLOSING || c->state == CL_LINGER)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    log_info("%s refused: %s (SQLSTATE %s)", client_id(c, id, sizeof(id)), msg, sqlstate);
+    pkt_error(b, "FATAL", sqlstate, "%s", msg);
+    client_detach_server(c);
+    if (b->failed || c->io.closed) {
+        client_close(c, msg);
+        return;
+    }
+    io_send(&c->io, b->data, b->len);
+    /* Keep reading and dropping what the client still sends, so that closing
+     * with unread input does not reset the connection before it reads the
+     * error. */
+    shutdown(c->io.fd, SHUT_WR);
+    evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
+    io_read(&c->io, true);
+    c->linger_since = now_sec();
+    client_set_state(c, CL_LINGER);
+}
+
+void client_free(Client *c)
+{
+    io_free(&c->io);
+    free(c->user);
+    free(c->database);
+    params_free(&c->startup);
+    params_free(&c->params);
+    free(c->scram);
+    c->w->nclients--;
+    free(c);
+}
+
+void client_accept(Worker *w, int fd, const struct sockaddr *sa, int salen)
+{
+    Client *c = calloc(1, sizeof(*c));
+    int one = 1;
+
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->connect_time = now_sec();
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "%s:%d", ip, ntohs(sin->sin_port));
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+        char ip[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "[%s]:%d", ip, ntohs(sin6->sin6_port));
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    } else {
+        snprintf(c->addr, sizeof(c->addr), "unix");
+    }
+    params_init(&c->startup);
+    params_init(&c->params);
+    evutil_make_socket_nonblocking(fd);
+    if (!io_init(&c->io, w->base, fd, client_on_io, c)) {
+        close(fd);
+        free(c);
+        return;
+    }
+    w->nclients++;
+    c->phase = LOGIN_STARTUP;
+    client_set_state(c, CL_LOGIN);
+    io_read(&c->io, true);
+}
+
+/* Split the startup "options" value: -c name=value, -cname=value, --name=value. */
+static bool client_parse_options(Client *c, const char *opts)
+{
+    char *copy = strdup(opts), *save = NULL, *tok;
+    bool ok = true, expect_c = false;
+
+    if (!copy)
+        return false;
+    for (tok = strtok_r(copy, " \t", &save); tok && ok; tok = strtok_r(NULL, " \t", &save)) {
+        char *setting = NULL, *eq;
+        if (expect_c) {
+            setting = tok;
+            expect_c = false;
+        } else if (strcmp(tok, "-c") == 0) {
+            expect_c = true;
+            continue;
+        } else if (strncmp(tok, "-c", 2) == 0) {
+            setting = tok + 2;
+        } else if (strncmp(tok, "--", 2) == 0) {
+            setting = tok + 2;
+        } else {
+            ok = false;
+            break;
+        }
+        eq = strchr(setting, '=');
+        if (!eq || eq == setting) {
+            ok = false;
+            break;
+        }
+        *eq = 0;
+        for (char *p = setting; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        ok = params_set(&c->startup, setting, eq + 1);
+    }
+    free(copy);
+    return ok && !expect_c;
+}
+
+/* Send the rest of a successful login: parameters, key, ReadyForQuery. */
+void client_welcome(Client *c)
+{
+    Pool *p = c->pool;
+    PktBuf *b = worker_pkt(c->w);
+
+    if (!params_assign(&c->params, &p->welcome) || !params_copy(&c->params, &c->startup)) {
+        client_error_close(c, "53200", "out of memory");
+        return;
+    }
+    /* Report the values the session will have, for every parameter the
+     * server reports. */
+    for (int i = 0; i < p->welcome.n; i++) {
+        const char *name = p->welcome.v[i].name;
+        pkt_param_status(b, name, params_get(&c->params, name));
+    }
+    if (!auth_random(&c->cancel_pid, sizeof(c->cancel_pid)) ||
+        !auth_random(&c->cancel_key, sizeof(c->cancel_key))) {
+        client_error_close(c, "58000", "could not generate a cancel key");
+        return;
+    }
+    c->cancel_pid &= 0x7fffffff;
+    pkt_backend_key(b, c->cancel_pid, c->cancel_key);
+    pkt_ready(b, 'I');
+    client_send(c, b);
+    if (c->state == CL_LOGIN) {
+        client_set_state(c, CL_IDLE);
+        if (evbuffer_get_length(c->io.in) > 0)
+            client_process(c);
+    }
+}
+
+void client_server_failed(Client *c, const char *sqlstate, const char *message)
+{
+    if (c->state == CL_LOGIN) {
+        client_error_close(c, sqlstate, "%s", message);
+        return;
+    }
+    if (c->state == CL_WAITING) {
+        PktBuf *b = worker_pkt(c->w);
+        pkt_error(b, "ERROR", sqlstate, "%s", message);
+        client_set_state(c, CL_IDLE);
+        c->discarding = true;
+        client_send(c, b);
+        io_read(&c->io, true);
+        client_process(c);
+    }
+}
+
+void client_wait_timeout(Client *c)
+{
+    PktBuf *b = worker_pkt(c->w);
+    char id[256];
+
+    log_warning("%s waited pool_timeout (%g s) for a server connection",
+                client_id(c, id, sizeof(id)), c->w->cfg->pool_timeout);
+    pkt_error_hint(b, "ERROR", "53300",
+                   "raise pool_size or max_overflow, or shorten the transactions holding "
+                   "connections",
+                   "no server connection available within pool_timeout (%g s) for database "
+                   "\"%s\" user \"%s\"",
+                   c->w->cfg->pool_timeout, c->pool->db_name, c->pool->user_name);
+    client_set_state(c, CL_IDLE);
+    c->discarding = true;
+    client_send(c, b);
+    io_read(&c->io, true);
+    client_process(c);
+}
+
+/* Authentication succeeded: find the pool and welcome the client. */
+static void client_auth_ok(Client *c)
+{
+    const char *err = NULL;
+    PktBuf *b = worker_pkt(c->w);
+
+    pkt_auth_ok(b);
+    client_send(c, b);
+    c->pool = worker_find_pool(c->w, c->database, c->user, &err);
+    if (!c->pool) {
+        client_error_close(c, "3D000", "%s", err ? err : "no such database");
+        return;
+    }
+    if (c->pool->have_welcome) {
+        client_welcome(c);
+        return;
+    }
+    c->phase = LOGIN_WELCOME;
+    pool_grow(c->pool);
+}
+
+static void client_auth_failed(Client *c)
+{
+    client_error_close(c, "28P01", "password authentication failed for user \"%s\"", c->user);
+}
+
+/* Begin authentication according to auth_type and the user's secret. */
+static void client_start_auth(Client *c)
+{
+    const Config *cfg = c->w->cfg;
+    const char *secret = config_find_user(cfg, c->user);
+    PktBuf *b;
+
+    if (cfg->auth_type == AUTH_TRUST) {
+        client_auth_ok(c);
+        return;
+    }
+    b = worker_pkt(c->w);
+    if (cfg->auth_type == AUTH_MD5 && !(secret && scram_is_secret(secret))) {
+        if (!auth_random(c->md5_salt, sizeof(c->md5_salt))) {
+            client_error_close(c, "58000", "could not generate a salt");
+            return;
+        }
+        pkt_auth_md5(b, c->md5_salt);
+        c->phase = LOGIN_PASSWORD;
+    } else {
+        /* scram-sha-256, or md5 for a user whose secret is SCRAM (as PostgreSQL does). */
+        pkt_auth_sasl(b, "SCRAM-SHA-256");
+        c->phase = LOGIN_SASL_INITIAL;
+    }
+    client_send(c, b);
+}
+
+/* Build the SCRAM secret to check the client against; a made-up one for
+ * unknown users or md5-only secrets, so the exchange fails at the end. */
+static bool client_scram_secret(Client *c, ScramSecret *sec)
+{
+    const char *secret = config_find_user(c->w->cfg, c->user);
+    uint8_t salt[16];
+
+    if (secret && scram_is_secret(secret))
+        return scram_parse_secret(secret, sec);
+    if (!auth_random(salt, sizeof(salt)))
+        return false;
+    if (secret && !md5_is_hash(secret))
+        return scram_secret_from_password(secret, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS,
+                                          sec);
+    /* Unknown user or md5 hash: a random password nobody knows. */
+    {
+        char junk[33];
+        uint8_t r[16];
+        if (!auth_random(r, sizeof(r)))
+            return false;
+        for (int i = 0; i < 16; i++)
+            snprintf(junk + 2 * i, 3, "%02x", r[i]);
+        return scram_secret_from_password(junk, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS,
+                                          sec);
+    }
+}
+
+/* One 'p' message during login. */
+static void client_auth_message(Client *c, const uint8_t *body, uint32_t len)
+{
+    MsgReader r;
+    char out[SCRAM_MSG_MAX];
+    const char *err = NULL;
+    PktBuf *b;
+
+    mr_init(&r, body, len);
+    switch (c->phase) {
+    case LOGIN_PASSWORD: {
+        const char *resp = mr_str(&r);
+        const char *secret = config_find_user(c->w->cfg, c->user);
+        if (resp && secret && md5_verify(secret, c->user, c->md5_salt, resp))
+            client_auth_ok(c);
+        else
+            client_auth_failed(c);
+        return;
+    }
+    case LOGIN_SASL_INITIAL: {
+        const char *mech = mr_str(&r);
+        int32_t dlen = mr_i32(&r);
+        const uint8_t *data = dlen >= 0 ? mr_bytes(&r, (size_t)dlen) : NULL;
+        ScramSecret sec;
+        if (!mech || strcmp(mech, "SCRAM-SHA-256") != 0) {
+            client_error_close(c, "28000", "only SASL mechanism SCRAM-SHA-256 is supported");
+            return;
+        }
+        if (!data) {
+            client_error_close(c, "08P01", "malformed SASLInitialResponse");
+            return;
+        }
+        c->scram = calloc(1, sizeof(*c->scram));
+        if (!c->scram || !client_scram_secret(c, &sec)) {
+            client_error_close(c, "53200", "out of memory preparing SCRAM");
+            return;
+        }
+        if (!scram_server_first(c->scram, &sec, (const char *)data, (size_t)dlen, out,
+                                sizeof(out), &err)) {
+            client_error_close(c, "08P01", "malformed SCRAM message: %s", err ? err : "?");
+            return;
+        }
+        b = worker_pkt(c->w);
+        pkt_auth_sasl_continue(b, out, strlen(out));
+        c->phase = LOGIN_SASL_FINAL;
+        client_send(c, b);
+        return;
+    }
+    case LOGIN_SASL_FINAL: {
+        const char *secret = config_find_user(c->w->cfg, c->user);
+        bool ok = scram_server_final(c->scram, (const char *)body, len, out, sizeof(out), &err);
+        if (!ok || !secret || md5_is_hash(secret)) {
+            client_auth_failed(c);
+            return;
+        }
+        b = worker_pkt(c->w);
+        pkt_auth_sasl_final(b, out, strlen(out));
+        client_send(c, b);
+        client_auth_ok(c);
+        return;
+    }
+    default:
+        client_error_close(c, "08P01", "unexpected password message");
+        return;
+    }
+}
+
+/* A v3 startup packet arrived: remember who the client is and begin auth. */
+static void client_startup(Client *c, const StartupPacket *sp)
+{
+    const Config *cfg = c->w->cfg;
+
+    c->user = strdup(sp->user);
+    c->database = strdup(sp->database);
+    if (!c->user || !c->database) {
+        client_error_close(c, "53200", "out of memory");
+        return;
+    }
+    for (int i = 0; i < sp->nparams; i++) {
+        const char *n = sp->params[i].name, *v = sp->params[i].value;
+        if (strcmp(n, "user") == 0 || strcmp(n, "database") == 0)
+            continue;
+        if (strcmp(n, "replication") == 0) {
+            client_error_close(c, "08P01", "replication connections are not supported");
+            return;
+        }
+        if (strcmp(n, "options") == 0) {
+            if (!client_parse_options(c, v)) {
+                client_error_close(c, "22023",
+                                   "invalid startup options \"%s\": use -c name=value", v);
+                return;
+            }
+            continue;
+        }
+        if (!params_set(&c->startup, n, v)) {
+            client_error_close(c, "53200", "out of memory");
+            return;
+        }
+    }
+    if (c->w->nclients > cfg->max_client_conn) {
+        client_error_close(c, "53300", "too many clients already (max_client_conn = %d)",
+                           cfg->max_client_conn);
+        return;
+    }
+    if (!config_find_db(cfg, c->database)) {
+        client_error_close(c, "3D000", "database \"%s\" is not configured in [databases]",
+                           c->database);
+        return;
+    }
+    client_start_auth(c);
+}
+
+static void client_cancel_request(Client *c, const StartupPacket *sp)
+{
+    Client *target = client_find_cancel(c->w, sp->cancel_pid, sp->cancel_key);
+
+    if (target && target->server)
+        server_cancel(target->server);
+    client_close(c, "cancel request handled");
+}
+
+/* Startup phase: untyped packets (startup, SSLRequest, cancel). */
+static void client_startup_input(Client *c)
+{
+    uint8_t lenbuf[4];
+    uint32_t len;
+    uint8_t pkt[PROTO_MAX_STARTUP_LEN];
+    StartupPacket sp;
+    const char *err;
+
+    while (c->state == CL_LOGIN && c->phase == LOGIN_STARTUP) {
+        if (evbuffer_get_length(c->io.in) < 4)
+            return;
+        evbuffer_copyout(c->io.in, lenbuf, 4);
+        len = ((uint32_t)lenbuf[0] << 24) | ((uint32_t)lenbuf[1] << 16) |
+              ((uint32_t)lenbuf[2] << 8) | lenbuf[3];
+        if (len < 8 || len > PROTO_MAX_STARTUP_LEN) {
+            client_error_close(c, "08P01", "invalid startup packet length %u", len);
+            return;
+        }
+        if (evbuffer_get_length(c->io.in) < len)
+            return;
+        /* Copied out so the packet can be drained before acting on it. */
+        evbuffer_remove(c->io.in, pkt, len);
+        err = proto_parse_startup(pkt + 4, len - 4, &sp);
+        if (err) {
+            client_error_close(c, "08P01", "%s", err);
+            return;
+        }
+        if (sp.code == PROTO_SSL_REQUEST || sp.code == PROTO_GSSENC_REQUEST) {
+            io_send(&c->io, "N", 1);
+            continue;
+        }
+        if (sp.code == PROTO_CANCEL_REQUEST) {
+            client_cancel_request(c, &sp);
+            return;
+        }
+        client_startup(c, &sp);
+    }
+}
+
+/* Login phase after startup: typed password/SASL messages. */
+static void client_login_input(Client *c)
+{
+    uint8_t hdr[PROTO_HDR_LEN];
+    char type;
+    uint32_t len;
+
+    if (c->phase == LOGIN_STARTUP) {
+        client_startup_input(c);
+        return;
+    }
+    while (c->state == CL_LOGIN && c->phase != LOGIN_WELCOME &&
+           evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
+        const uint8_t *msg;
+        evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
+        if (proto_frame_header(hdr, CLIENT_MAX_LOGIN_MSG, &type, &len) != FRAME_OK) {
+            client_error_close(c, "08P01", "invalid message length during login");
+            return;
+        }
+        if (type == 'X') {
+            client_close(c, "client gave up during login");
+            return;
+        }
+        if (type != 'p') {
+            client_error_close(c, "08P01", "expected a password message, got '%c'", type);
+            return;
+        }
+        if (evbuffer_get_length(c->io.in) < PROTO_HDR_LEN + len)
+            return;
+        msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
+        client_auth_message(c, msg + PROTO_HDR_LEN, len);
+        if (c->state == CL_CLOSING || c->state == CL_LINGER)
+            return;
+        evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+    }
+}
+
+/* Drop messages of a query that got an error instead of a server, up to and
+ * including its Query or Sync, which is answered with ReadyForQuery. */
+static bool client_discard(Client *c)
+{
+    uint8_t hdr[PROTO_HDR_LEN];
+    char type;
+    uint32_t len;
+
+    while (c->discarding && evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
+        evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
+        if (proto_frame_header(hdr, (uint32_t)c->w->cfg->max_packet_size, &type, &len) !=
+            FRAME_OK) {
+            client_error_close(c, "08P01", "invalid message length");
+            return false;
+        }
+        if (evbuffer_get_length(c->io.in) < PROTO_HDR_LEN + len)
+            return false;
+        evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+        if (type == 'X') {
+            client_close(c, "client closed the connection");
+            return false;
+        }
+        if (type == 'Q' || type == 'S') {
+            PktBuf *b = worker_pkt(c->w);
+            pkt_ready(b, 'I');
+            client_send(c, b);
+            c->discarding = false;
+        }
+    }
+    return !c->discarding;
+}
+
+/* Forward client messages to its server; ask the pool for one when needed. */
+static void client_process(Client *c)
+{
+    const Config *cfg = c->w->cfg;
+    IoCursor cur;
+    size_t fwd = 0;
+    uint8_t hdr[PROTO_HDR_LEN];
+    char type;
+    uint32_t len;
+    Server *s = c->server;
+
+    if (c->discarding && !client_discard(c))
+        return;
+    if (c->state == CL_WAITING || c->state == CL_CLOSING)
+        return;
+    io_cursor_init(&cur, c->io.in);
+    for (;;) {
+        if (c->pkt_left > 0) {
+            size_t n = io_cursor_left(&cur);
+            if (n == 0)
+                break;
+            if (n > c->pkt_left)
+                n = c->pkt_left;
+            io_cursor_skip(&cur, n);
+            fwd += n;
+            c->pkt_left -= (uint32_t)n;
+            continue;
+        }
+        if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
+            break;
+        if (proto_frame_header(hdr, (uint32_t)cfg->max_packet_size, &type, &len) != FRAME_OK) {
+            uint32_t raw = ((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
+                           ((uint32_t)hdr[3] << 8) | hdr[4];
+            if (raw >= 4)
+                client_error_close(c, "08P01",
+                                   "message of %u bytes exceeds max_packet_size (%d)", raw,
+                                   cfg->max_packet_size);
+            else
+                client_error_close(c, "08P01", "invalid message length %u", raw);
+            return;
+        }
+        if (!proto_frontend_type_known(type)) {
+            client_error_close(c, "08P01", "invalid frontend message type %d", (int)(uint8_t)type);
+            return;
+        }
+        if (type == 'X') {
+            if (s) {
+                s->pool->stats.bytes_in += fwd;
+                io_forward(&s->io, c->io.in, fwd);
+            }
+            client_close(c, "client closed the connection");
+            return;
+        }
+        if (!s) {
+            /* First message of a transaction: get a server, then come back. */
+            io_read(&c->io, false);
+            pool_checkout(c->pool, c);
+            return;
+        }
+        switch (type) {
+        case 'Q':
+        case 'F':
+            s->expect_z++;
+            s->pool->stats.query_count++;
+            break;
+        case 'S':
+            if (!s->copy_in) {
+                s->expect_z++;
+                s->dirty = false;
+            }
+            break;
+        case 'c':
+        case 'f':
+            s->copy_in = false;
+            break;
+        case 'd':
+        case 'H':
+            break;
+        case 'E':
+            s->pool->stats.query_count++;
+            s->dirty = true;
+            break;
+        default:
+            s->dirty = true;
+            break;
+        }
+        c->pkt_left = PROTO_HDR_LEN + len;
+    }
+    s->pool->stats.bytes_in += fwd;
+    io_forward(&s->io, c->io.in, fwd);
+    if (s->io.congested)
+        io_read(&c->io, false); /* resumed when the server drains */
+}
+
+void client_linked(Client *c)
+{
+    io_read(&c->io, true);
+    client_process(c);
+}
+
+void client_resume(Client *c)
+{
+    if (c->state == CL_ACTIVE)
+        client_set_state(c, CL_IDLE);
+    io_read(&c->io, true);
+    if (evbuffer_get_length(c->io.in) > 0)
+        client_process(c);
+}
+
+void client_check_login_timeout(Client *c, double now)
+{
+    double limit = c->w->cfg->client_login_timeout;
+
+    if (c->state == CL_LOGIN && limit > 0 && now - c->connect_time >= limit)
+        client_error_close(c, "08006", "login not completed within client_login_timeout (%g s)",
+                           limit);
+    else if (c->state == CL_LINGER && now - c->linger_since >= CLIENT_LINGER_SEC)
+        client_close(c, "refused client did not close");
+}
+
+Client *client_find_cancel(Worker *w, int32_t pid, int32_t key)
+{
+    for (ListNode *pn = list_first(&w->pools); pn; pn = list_next(&w->pools, pn)) {
+        Pool *p = list_entry(pn, Pool);
+        for (ListNode *n = list_first(&p->active_clients); n; n = list_next(&p->active_clients, n)) {
+            Client *c = list_entry(n, Client);
+            if (c->cancel_pid == pid && c->cancel_key == key)
+                return c;
+        }
+    }
+    return NULL;
+}
+
+static void client_on_io(void *arg, IoEvent ev)
+{
+    Client *c = arg;
+
+    switch (ev) {
+    case IO_READ:
+        if (c->state == CL_LINGER) {
+            evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
+        } else if (c->state == CL_LOGIN) {
+            client_login_input(c);
+        } else {
+            client_process(c);
+        }
+        break;
+    case IO_DRAINED:
+        if (c->server)
+            io_read(&c->server->io, true);
+        break;
+    case IO_EOF:
+        client_close(c, "client closed the connection");
+        break;
+    case IO_ERROR:
+        client_close(c, strerror(c->io.err));
+        break;
+    case IO_CONNECTED:
+        break;
+    }
+}

@@ -1,0 +1,87 @@
+/*
+ * The one I/O boundary: a socket with an input and an output evbuffer,
+ * reporting the project's own small event enum to its owner. Plain sockets
+ * are read and written here directly (one syscall per read, writes tried at
+ * once); TLS will differ only behind these functions.
+ */
+#ifndef PGC_DAEMON_IO_H
+#define PGC_DAEMON_IO_H
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef enum {
+    IO_READ,      /* new bytes are in io->in */
+    IO_DRAINED,   /* output fell back under the watermark after being over it */
+    IO_CONNECTED, /* a non-blocking connect finished */
+    IO_EOF,       /* the peer closed its side */
+    IO_ERROR,     /* a socket error; io->err holds errno */
+} IoEvent;
+
+/* Output above this makes the owner stop reading from the other side. */
+#define IO_HIGH_WATERMARK (256 * 1024)
+
+struct Io;
+typedef void (*IoHandler)(void *owner, IoEvent ev);
+
+typedef struct Io {
+    int fd;
+    struct event *rev;
+    struct event *wev;
+    struct evbuffer *in;
+    struct evbuffer *out;
+    IoHandler handler;
+    void *owner;
+    int err;
+    bool connecting;
+    bool read_on;     /* read interest wanted by the owner */
+    bool congested;   /* output went over the watermark; owner told on drain */
+    bool closed;
+} Io;
+
+/* Wrap fd (already non-blocking). Returns false on allocation failure. */
+bool io_init(struct Io *io, struct event_base *base, int fd, IoHandler handler, void *owner)
+    __attribute__((warn_unused_result));
+/* Start a non-blocking connect; IO_CONNECTED or IO_ERROR follows. */
+bool io_connect(struct Io *io, const struct sockaddr *sa, socklen_t salen)
+    __attribute__((warn_unused_result));
+/* Stop all events and close the socket. Safe inside the io's own callback. */
+void io_close(struct Io *io);
+/* Free the buffers; only after io_close, outside the io's callbacks. */
+void io_free(struct Io *io);
+
+void io_read(struct Io *io, bool on);
+/* Append bytes to the output and try to send them now. */
+void io_send(struct Io *io, const void *data, size_t len);
+/* Forward the first n bytes of src: written straight from src when the
+ * output is empty, queued otherwise. src is drained by n. */
+void io_forward(struct Io *io, struct evbuffer *src, size_t n);
+size_t io_pending_output(const struct Io *io);
+/* True when nothing waits to be written. */
+bool io_flushed(const struct Io *io);
+
+/* Walks the bytes of an evbuffer without copying it whole. */
+typedef struct IoCursor {
+    struct evbuffer_iovec vec[32];
+    int nvec;
+    int idx;      /* current vector */
+    size_t off;   /* offset inside it */
+    size_t pos;   /* absolute position */
+    size_t avail; /* bytes covered by vec[] */
+} IoCursor;
+
+void io_cursor_init(IoCursor *c, struct evbuffer *buf);
+/* Copy len bytes at the cursor into dst without moving; false if fewer are covered. */
+bool io_cursor_peek(const IoCursor *c, void *dst, size_t len);
+/* Move forward by n covered bytes (n <= remaining). */
+void io_cursor_skip(IoCursor *c, size_t n);
+static inline size_t io_cursor_left(const IoCursor *c)
+{
+    return c->avail - c->pos;
+}
+
+#endif

@@ -1,0 +1,240 @@
+/*
+ * The objects of one event loop: the worker, its pools, clients and server
+ * connections. All per-loop state lives in Worker so that several workers
+ * can run in one process; the only globals are configuration and logging.
+ */
+#ifndef PGC_DAEMON_WORKER_H
+#define PGC_DAEMON_WORKER_H
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "conf/config.h"
+#include "daemon/io.h"
+#include "daemon/list.h"
+#include "daemon/params.h"
+#include "proto/auth.h"
+#include "proto/pkt.h"
+
+typedef struct Worker Worker;
+typedef struct Pool Pool;
+typedef struct Client Client;
+typedef struct Server Server;
+
+/* Every client is on exactly one list; the state names the list. */
+typedef enum {
+    CL_FREE = 0,
+    CL_LOGIN,   /* startup and auth; worker->login_clients */
+    CL_IDLE,    /* logged in, no server; pool->idle_clients */
+    CL_WAITING, /* wants a server; pool->waiting_clients */
+    CL_ACTIVE,  /* linked to a server; pool->active_clients */
+    CL_LINGER,  /* sent a fatal error, draining input until EOF; worker->linger_clients */
+    CL_CLOSING, /* torn down, freed after the callback; worker->just_free_clients */
+} ClientState;
+
+/* Every server connection is on exactly one list. */
+typedef enum {
+    SV_FREE = 0,
+    SV_CONNECTING, /* connect, startup, auth; pool->connecting_servers */
+    SV_IDLE,       /* ready for a client; pool->idle_servers */
+    SV_ACTIVE,     /* linked to a client; pool->active_servers */
+    SV_TESTING,    /* pre-ping or reset query in flight; pool->testing_servers */
+    SV_CLOSING,    /* torn down; worker->just_free_servers */
+} ServerState;
+
+/* Login progress of a client inside CL_LOGIN. */
+typedef enum {
+    LOGIN_STARTUP,      /* waiting for the startup packet */
+    LOGIN_PASSWORD,     /* sent AuthenticationMD5Password */
+    LOGIN_SASL_INITIAL, /* sent AuthenticationSASL */
+    LOGIN_SASL_FINAL,   /* sent SASLContinue */
+    LOGIN_WELCOME,      /* authenticated, waiting for the pool's first server */
+} LoginPhase;
+
+/* Pool statistics: plain counters, one writer (the worker), no locks. */
+typedef struct PoolStats {
+    uint64_t xact_count;
+    uint64_t query_count;
+    uint64_t bytes_in;  /* client to server */
+    uint64_t bytes_out; /* server to client */
+    uint64_t wait_usec; /* total time clients waited for a server */
+    uint64_t max_wait_usec;
+    uint64_t timeouts;      /* pool_timeout errors */
+    uint64_t recycled;      /* closed by pool_recycle */
+    uint64_t ping_failures; /* pre-ping found a dead connection */
+    uint64_t connect_failures;
+} PoolStats;
+
+struct Pool {
+    ListNode node; /* worker->pools */
+    Worker *w;
+    char *db_name;   /* as the client named it */
+    char *user_name; /* as the client logged in */
+    /* upstream target, copied from the [databases] entry */
+    char *host;
+    int port;
+    char *dbname;
+    char *server_user;
+    char *server_password; /* NULL: none known */
+    int pool_size;
+    int max_overflow;
+    PoolMode mode;
+
+    List idle_clients;
+    List waiting_clients;
+    List active_clients;
+    List connecting_servers;
+    List idle_servers;
+    List active_servers;
+    List testing_servers;
+
+    ParamSet welcome;     /* parameters reported by the first server login */
+    bool have_welcome;
+    double last_failure;  /* when pre-ping last found a dead server */
+    double last_connect_error_at;
+    char last_connect_error[256];
+    PoolStats stats;
+};
+
+struct Client {
+    ListNode node;
+    ClientState state;
+    LoginPhase phase;
+    Worker *w;
+    Pool *pool;
+    Server *server;
+    Io io;
+    char addr[64];
+    char *user;
+    char *database;
+    ParamSet startup; /* parameters from the startup packet */
+    ParamSet params;  /* what the session should see: welcome + startup + SETs */
+    int32_t cancel_pid;
+    int32_t cancel_key;
+    uint8_t md5_salt[4];
+    ScramServer *scram;
+    double connect_time;
+    double wait_since; /* when it started waiting for a server */
+    uint32_t pkt_left; /* bytes of the current message still to forward */
+    bool discarding; /* an error was sent for a query that never ran: drop until Query/Sync */
+    double linger_since;
+};
+
+struct Server {
+    ListNode node;
+    ServerState state;
+    Worker *w;
+    Pool *pool;
+    Client *client;
+    Io io;
+    int32_t be_pid;
+    int32_t be_key;
+    ParamSet params;    /* values this backend currently has */
+    double connect_time;
+    double idle_since;  /* last time it became idle */
+    double recycle_at;  /* close when next idle after this; 0 = never */
+    ScramClient *scram;
+    bool logged_in;
+    uint32_t pkt_left;  /* bytes of the current message still to forward */
+    char tx_status;     /* from the last ReadyForQuery */
+    uint32_t expect_z;  /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
+    uint32_t internal_z; /* ReadyForQuery due for the proxy's own queries (swallowed) */
+    bool dirty;         /* extended-protocol messages forwarded since the last Sync */
+    bool copy_in;       /* in COPY FROM STDIN: client sends data */
+    bool internal_error; /* one of the proxy's own queries failed */
+    bool close_when_idle;
+    struct sockaddr_storage addr; /* where it connected, for CancelRequest */
+    socklen_t addrlen;
+    struct evdns_getaddrinfo_request *dns_req;
+    char fail_sqlstate[6]; /* set when a failure waits for the janitor to report it */
+    char fail_msg[256];
+};
+
+struct Worker {
+    struct event_base *base;
+    const Config *cfg;
+    struct evconnlistener **listeners;
+    int nlisteners;
+    struct event *janitor;
+    struct event *reaper;
+    struct evdns_base *dns;
+    List pools;
+    List login_clients;
+    List linger_clients;
+    List just_free_clients;
+    List just_free_servers;
+    int nclients; /* every client not yet freed, for max_client_conn */
+    PktBuf scratch; /* reused for every message the proxy builds */
+    bool shutting_down;
+};
+
+double now_sec(void);
+
+/* worker.c */
+bool worker_init(Worker *w, const Config *cfg) __attribute__((warn_unused_result));
+bool worker_listen(Worker *w) __attribute__((warn_unused_result));
+void worker_run(Worker *w);
+void worker_free(Worker *w);
+void worker_schedule_reap(Worker *w);
+Pool *worker_find_pool(Worker *w, const char *db, const char *user, const char **err);
+/* Begin a fresh scratch message buffer. */
+PktBuf *worker_pkt(Worker *w);
+
+/* client.c */
+void client_accept(Worker *w, int fd, const struct sockaddr *sa, int salen);
+void client_close(Client *c, const char *reason);
+void client_error_close(Client *c, const char *sqlstate, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void client_set_state(Client *c, ClientState st);
+/* The pool linked a server to a waiting client: start forwarding. */
+void client_linked(Client *c);
+/* pool_timeout ran out while waiting. */
+void client_wait_timeout(Client *c);
+/* The pool's first server login finished: send the welcome. */
+void client_welcome(Client *c);
+/* No server could be had: a logging-in client is refused, a waiting one
+ * gets an error for its query and stays. */
+void client_server_failed(Client *c, const char *sqlstate, const char *message);
+/* Its server went back to the pool: carry on with input already received. */
+void client_resume(Client *c);
+void client_free(Client *c);
+void client_check_login_timeout(Client *c, double now);
+Client *client_find_cancel(Worker *w, int32_t pid, int32_t key);
+
+/* server.c */
+Server *server_connect(Pool *p);
+void server_close(Server *s, const char *reason);
+void server_set_state(Server *s, ServerState st);
+/* Forward what the server sent to its client. */
+void server_relay(Server *s);
+/* Pre-ping: send an empty query; the pool hears back through pool_server_tested. */
+void server_ping(Server *s);
+/* Reset before reuse after its client left (ROLLBACK/DISCARD ALL), then idle. */
+void server_reset(Server *s, bool discard_all);
+/* Bring the backend's parameters to the client's before its first message. */
+void server_sync_params(Server *s, Client *c);
+void server_free(Server *s);
+/* Report a deferred failure or a connect timeout; called by the janitor. */
+void server_check_timeout(Server *s, double now);
+/* Send a CancelRequest for the backend's current query. */
+void server_cancel(Server *s);
+
+/* pool.c */
+Pool *pool_new(Worker *w, const char *db, const char *user, const DbConf *dbc);
+void pool_free(Pool *p);
+/* A client needs a server: link one now, or queue it. */
+void pool_checkout(Pool *p, Client *c);
+/* A linked server finished its transaction (or the session ended). */
+void pool_release(Server *s);
+/* A server finished connecting/resetting/testing and is usable. */
+void pool_server_ready(Server *s);
+/* A server connection failed before it was usable. */
+void pool_server_failed(Pool *p, const char *sqlstate, const char *message);
+void pool_janitor(Pool *p, double now);
+/* Open connections needed by waiting clients and min pool. */
+void pool_grow(Pool *p);
+int pool_server_count(const Pool *p);
+
+#endif
