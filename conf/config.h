@@ -68,8 +68,11 @@ Config *config_load(const char *path, char *err, size_t errlen);
 
 /*
  * Build a config for the quick start: one "*" database pointing at a
- * postgresql:// URL, trust auth for clients, listening on listen
- * ("host:port", "port" or NULL for 127.0.0.1:6432).
+ * postgresql:// URL, listening on listen ("host:port", "port",
+ * "[ipv6]:port" or NULL for 127.0.0.1:6432). Clients log in with trust
+ * when the URL has no password, else with scram-sha-256 as the URL's user
+ * and password (one in-memory AuthUser). On error returns NULL with the
+ * reason in err (never echoing the password).
  */
 Config *config_from_url(const char *url, const char *listen, char *err, size_t errlen);
 
@@ -92,7 +95,7 @@ typedef struct ConfigItem {
     const char *default_value;
     bool reloadable;
 } ConfigItem;
-/* Fills item for setting i; returns false past the end. */
+/* Fills item for setting i; returns false past the end. With cfg NULL, value is the default. */
 bool config_item(const Config *cfg, int i, ConfigItem *item);
 
 #endif
