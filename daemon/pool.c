@@ -176,6 +176,9 @@ void pool_server_ready(Server *s)
     double now = now_sec();
 
     s->idle_since = now;
+    /* Reading may have been paused for a slow client; an idle server must be
+     * heard so that its death is noticed. */
+    io_read(&s->io, true);
     if (s->close_when_idle) {
         server_close(s, "closed as requested once idle");
         pool_dispatch(p);
