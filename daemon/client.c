@@ -421,7 +421,7 @@ static void client_auth_message(Client *c, const uint8_t *body, uint32_t len)
         }
         if (!scram_server_first(c->scram, &sec, (const char *)data, (size_t)dlen, out,
                                 sizeof(out), &err)) {
-            client_error_close(c, "08P01", "malformed SCRAM message: %s", err ? err : "?");
+            client_error_close(c, "08P01", "%s", err ? err : "malformed SCRAM message");
             return;
         }
         b = worker_pkt(c->w);
@@ -700,6 +700,8 @@ static void client_process(Client *c)
         }
         c->pkt_left = PROTO_HDR_LEN + len;
     }
+    if (!s)
+        return; /* only part of a header so far */
     s->pool->stats.bytes_in += fwd;
     io_forward(&s->io, c->io.in, fwd);
     if (s->io.congested)

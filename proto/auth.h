@@ -9,12 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MD5_PASSWD_LEN 35 /* "md5" + 32 hex digits */
-#define SCRAM_KEY_LEN  32
-#define SCRAM_MAX_SALT 64
+#define MD5_PASSWD_LEN           35 /* "md5" + 32 hex digits */
+#define SCRAM_KEY_LEN            32
+#define SCRAM_MAX_SALT           64
 #define SCRAM_DEFAULT_ITERATIONS 4096
-#define SCRAM_NONCE_LEN 24 /* raw bytes before base64 */
-#define SCRAM_MSG_MAX 1024 /* bound on any SCRAM message we build or accept */
+#define SCRAM_NONCE_LEN          24   /* raw bytes before base64 */
+#define SCRAM_MSG_MAX            1024 /* bound on any SCRAM message we build or accept */
 
 /* out = "md5" + hex(md5(password || user)), NUL-terminated. */
 void md5_password_hash(const char *password, const char *user, char out[MD5_PASSWD_LEN + 1]);
@@ -42,20 +42,31 @@ bool scram_secret_from_password(const char *password, const uint8_t *salt, size_
                                 int iterations, ScramSecret *out);
 bool scram_is_secret(const char *s);
 
-/* Server side of the exchange (the proxy authenticating a client). */
+/*
+ * Server side of the exchange (the proxy authenticating a client). Zero it
+ * (= {0} or calloc) before each exchange: see nonce.
+ */
 typedef struct ScramServer {
     ScramSecret secret;
     char client_first_bare[SCRAM_MSG_MAX];
     char server_first[SCRAM_MSG_MAX];
-    char nonce[128]; /* client nonce + server nonce */
-    bool have_client_key; /* secret came from a plain password */
+    /* client nonce + server nonce. Test hook: a NUL-terminated server nonce
+     * (printable, no ',') stored here before scram_server_first is used
+     * instead of a random one. Cleared by scram_server_final. */
+    char nonce[128];
+    /* client_key is known: from a plain password, or recovered from the
+     * proof by a successful scram_server_final */
+    bool have_client_key;
     uint8_t client_key[SCRAM_KEY_LEN];
+    char cbind_flag; /* gs2 channel-binding flag the client sent: 'n' or 'y' */
 } ScramServer;
 
 /*
  * Take the client-first-message (SASLInitialResponse data) and write the
  * server-first-message into out (NUL-terminated). Returns false with *err
- * set when the message is malformed. secret is copied.
+ * set when the message is malformed. secret is copied. The user name in
+ * the message is ignored (the startup packet's is the one that counts);
+ * channel binding ("p=") is refused.
  */
 bool scram_server_first(ScramServer *s, const ScramSecret *secret, const char *msg, size_t len,
                         char *out, size_t outcap, const char **err);
@@ -67,16 +78,22 @@ bool scram_server_first(ScramServer *s, const ScramSecret *secret, const char *m
 bool scram_server_final(ScramServer *s, const char *msg, size_t len, char *out, size_t outcap,
                         const char **err);
 
-/* Client side of the exchange (the proxy logging in to PostgreSQL). */
+/* Client side of the exchange (the proxy logging in to PostgreSQL). Zero it
+ * before each exchange: see client_nonce. */
 typedef struct ScramClient {
+    /* Test hook: a NUL-terminated nonce (printable, no ',') stored here
+     * before scram_client_first is used instead of a random one. Cleared by
+     * scram_client_final. */
     char client_nonce[64];
     char client_first_bare[SCRAM_MSG_MAX];
     char auth_message[3 * SCRAM_MSG_MAX];
     uint8_t salted_password[SCRAM_KEY_LEN];
 } ScramClient;
 
-/* Write the client-first-message ("n,,n=,r=<nonce>") into out. */
+/* Write the client-first-message ("n,,n=,r=<nonce>") into out (NUL-terminated). */
 bool scram_client_first(ScramClient *c, char *out, size_t outcap);
+/* The same with a user name in n= (',' and '=' escaped); PostgreSQL ignores it. */
+bool scram_client_first_user(ScramClient *c, const char *user, char *out, size_t outcap);
 /* Take the server-first-message, write the client-final-message into out. */
 bool scram_client_final(ScramClient *c, const char *password, const char *msg, size_t len,
                         char *out, size_t outcap, const char **err);

@@ -52,7 +52,7 @@ size_t mr_remaining(const MsgReader *r);
 
 typedef enum {
     FRAME_OK,  /* type and body_len filled in */
-    FRAME_BAD, /* length word below 4 or above max_len: close the peer */
+    FRAME_BAD, /* length word below 4 or body above max_len: close the peer */
 } FrameResult;
 
 /*
@@ -80,7 +80,8 @@ typedef struct StartupPacket {
 
 /*
  * Parse the body (what follows the length word) of a startup-phase packet.
- * Returns NULL on success or a message fit for an ErrorResponse.
+ * Returns NULL on success or a message fit for an ErrorResponse (valid until
+ * the next call in the same thread).
  */
 const char *proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *out);
 
@@ -93,6 +94,7 @@ typedef struct ProtoError {
     const char *hint;
 } ProtoError;
 
+/* False unless well-formed and S (or V, preferred), C and M are present. */
 bool proto_parse_error(const uint8_t *body, size_t len, ProtoError *out);
 
 /* Builders: each appends one complete message to b. */
