@@ -38,6 +38,10 @@ typedef struct Config {
     char *listen_addr;
     int listen_port;
     char *unix_socket_dir;
+    char *admin_addr;   /* admin port: console and HTTP (daemon/admin.c) */
+    int admin_port;     /* 0 = no admin port */
+    char *admin_users;  /* comma-separated: may run every admin command */
+    char *stats_users;  /* comma-separated: may only SHOW */
     PoolMode pool_mode;
     AuthType auth_type;
     char *auth_file;
@@ -51,7 +55,13 @@ typedef struct Config {
     double client_login_timeout;   /* seconds, 0 = none */
     double server_connect_timeout; /* seconds */
     int max_packet_size;           /* bytes; larger client messages are refused */
+    int max_prepared_statements;   /* per server connection, transaction mode */
     LogLevel log_level;
+    double shutdown_timeout; /* seconds SIGTERM/SHUTDOWN waits for running transactions */
+    char *pidfile;           /* empty = none */
+    char *logfile;           /* empty = stderr only */
+    bool syslog;
+    char *syslog_ident;
 
     DbConf *dbs;
     int ndbs;
@@ -87,6 +97,14 @@ const char *config_find_user(const Config *cfg, const char *user);
 int dbconf_pool_size(const Config *cfg, const DbConf *db);
 int dbconf_max_overflow(const Config *cfg, const DbConf *db);
 PoolMode dbconf_pool_mode(const Config *cfg, const DbConf *db);
+
+/*
+ * For a reload: give next the current value of every setting that cannot
+ * change without a restart, so that next describes what really runs. The
+ * names of those that differed go into changed (comma-separated, cut to
+ * len); returns how many differed, or -1 when out of memory.
+ */
+int config_carry_fixed(Config *next, const Config *cur, char *changed, size_t len);
 
 /* Settings table iteration, for SHOW CONFIG and the docs. */
 typedef struct ConfigItem {

@@ -7,6 +7,7 @@
 #include "proto/msg.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -84,7 +85,7 @@ static void client_detach_server(Client *c)
         return;
     c->server = NULL;
     s->client = NULL;
-    if (s->expect_z > 0 || s->copy_in || s->dirty || s->internal_z > 0 || s->pkt_left > 0) {
+    if (s->rq_len > 0 || s->copy_in || s->dirty || s->pkt_left > 0) {
         /* Mid-answer: the backend's state is unknowable from here. */
         server_close(s, "client disconnected while a query was running");
         return;
@@ -149,6 +150,7 @@ void client_free(Client *c)
     free(c->database);
     params_free(&c->startup);
     params_free(&c->params);
+    client_stmts_clear(&c->stmts, &c->w->prepared);
     free(c->scram);
     c->w->nclients--;
     free(c);
@@ -612,6 +614,182 @@ static bool client_discard(Client *c)
     return !c->discarding;
 }
 
+/* Does a Query's text start with DISCARD ALL or DEALLOCATE [PREPARE] ALL? */
+static bool query_drops_statements(const uint8_t *p, size_t n)
+{
+    static const char *const forms[] = {"discard all", "deallocate all", "deallocate prepare all"};
+    char text[32];
+    size_t i = 0, j = 0;
+
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    for (; i < n && j < sizeof(text) - 1 && p[i]; i++) {
+        char ch = (char)tolower(p[i]);
+        if (ch == '\t' || ch == '\n' || ch == '\r')
+            ch = ' ';
+        if (ch == ' ' && j > 0 && text[j - 1] == ' ')
+            continue;
+        text[j++] = ch;
+    }
+    text[j] = 0;
+    for (size_t k = 0; k < sizeof(forms) / sizeof(forms[0]); k++) {
+        size_t fl = strlen(forms[k]);
+        if (strncmp(text, forms[k], fl) == 0 &&
+            (text[fl] == 0 || text[fl] == ';' || text[fl] == ' '))
+            return true;
+    }
+    return false;
+}
+
+/* From the first bytes of a Parse/Bind/Describe/Close body: does it name a
+ * prepared statement? Unsure (names past the peeked bytes) counts as yes. */
+static bool message_names_statement(char type, const uint8_t *p, size_t n)
+{
+    const uint8_t *end;
+
+    if (n == 0)
+        return false;
+    switch (type) {
+    case 'P':
+        return p[0] != 0;
+    case 'B':
+        end = memchr(p, 0, n);
+        return !end || (size_t)(end - p) + 1 >= n || end[1] != 0;
+    case 'D':
+    case 'C':
+        return p[0] == 'S' && (n < 2 || p[1] != 0);
+    }
+    return false;
+}
+
+/*
+ * A Parse, Bind, Describe or Close that names a statement, in transaction
+ * mode: map the client's name onto the proxy-wide server name, preparing it
+ * on this backend first when it lacks it. The whole message is at the front
+ * of the client's input. Returns false if the client or server was closed.
+ */
+static bool client_statement_message(Client *c, Server *s, char type, uint32_t len)
+{
+    PsRegistry *reg = &c->w->prepared;
+    const uint8_t *msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
+    MsgReader r;
+    const char *portal = NULL, *name;
+    PreparedStmt *ps;
+    RqKind kind;
+    PktBuf *b;
+    bool ok = true;
+
+    mr_init(&r, msg + PROTO_HDR_LEN, len);
+    if (type == 'B')
+        portal = mr_str(&r);
+    if (type == 'D' || type == 'C')
+        mr_u8(&r);
+    name = mr_str(&r);
+    if (!name || r.bad) {
+        client_error_close(c, "08P01", "malformed '%c' message", type);
+        return false;
+    }
+    s->dirty = true;
+    if (type == 'P') {
+        ps = ps_intern(reg, r.p + r.pos, mr_remaining(&r));
+        ok = ps && client_stmts_put(&c->stmts, reg, name, ps) &&
+             server_ensure_prepared(s, ps, name);
+        if (ps)
+            ps_unref(reg, ps);
+        goto done;
+    }
+    if (type == 'C') {
+        client_stmts_del(&c->stmts, reg, name, NULL);
+        ok = rq_push(s, RQ_FAKE_CLOSE, NULL, NULL);
+        goto done;
+    }
+    ps = client_stmts_get(&c->stmts, name);
+    kind = type == 'B' ? RQ_BIND : RQ_DESCRIBE;
+    if (!ps) {
+        /* Unknown to the proxy: the server answers as it would. */
+        if (!rq_push(s, kind, NULL, NULL))
+            goto oom;
+        io_forward(&s->io, c->io.in, PROTO_HDR_LEN + len);
+        return true;
+    }
+    if (!server_ensure_prepared(s, ps, NULL))
+        return false;
+    b = worker_pkt(c->w);
+    pkt_begin(b, type);
+    if (type == 'B')
+        pkt_put_str(b, portal);
+    else
+        pkt_put_u8(b, 'S');
+    pkt_put_str(b, ps->server_name);
+    pkt_put_bytes(b, r.p + r.pos, mr_remaining(&r));
+    pkt_end(b);
+    ok = rq_push(s, kind, NULL, NULL);
+    if (ok)
+        server_send(s, b);
+done:
+    evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+    if (!ok)
+        goto oom;
+    return s->state != SV_CLOSING && c->state != CL_CLOSING;
+oom:
+    client_error_close(c, "53200", "out of memory handling a prepared statement");
+    return false;
+}
+
+/* Account one message about to be forwarded as is. Returns false on OOM. */
+static bool client_note_message(Client *c, Server *s, char type, IoCursor *cur, uint32_t len)
+{
+    PoolStats *st = &s->pool->stats;
+
+    switch (type) {
+    case 'Q':
+        st->query_count++;
+        if (c->pool->mode == POOL_TRANSACTION && c->stmts.count > 0) {
+            uint8_t text[40];
+            IoCursor at_body = *cur;
+            size_t n = len < sizeof(text) ? len : sizeof(text);
+            io_cursor_skip(&at_body, PROTO_HDR_LEN);
+            if (io_cursor_peek(&at_body, text, n) && query_drops_statements(text, n))
+                client_stmts_clear(&c->stmts, &c->w->prepared);
+        }
+        return rq_push(s, RQ_QUERY, NULL, NULL);
+    case 'F':
+        st->query_count++;
+        return rq_push(s, RQ_QUERY, NULL, NULL);
+    case 'S':
+        if (s->copy_in)
+            return true; /* ignored by the server during COPY FROM STDIN */
+        s->dirty = false;
+        return rq_push(s, RQ_SYNC, NULL, NULL);
+    case 'c':
+    case 'f':
+        s->copy_in = false;
+        return true;
+    case 'd':
+    case 'H':
+        return true;
+    case 'E':
+        st->query_count++;
+        s->dirty = true;
+        return rq_push(s, RQ_EXECUTE, NULL, NULL);
+    case 'P':
+        s->dirty = true;
+        return rq_push(s, RQ_PARSE, NULL, NULL);
+    case 'B':
+        s->dirty = true;
+        return rq_push(s, RQ_BIND, NULL, NULL);
+    case 'D':
+        s->dirty = true;
+        return rq_push(s, RQ_DESCRIBE, NULL, NULL);
+    case 'C':
+        s->dirty = true;
+        return rq_push(s, RQ_CLOSE, NULL, NULL);
+    default:
+        s->dirty = true;
+        return true;
+    }
+}
+
 /* Forward client messages to its server; ask the pool for one when needed. */
 static void client_process(Client *c)
 {
@@ -622,6 +800,7 @@ static void client_process(Client *c)
     char type;
     uint32_t len;
     Server *s = c->server;
+    bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
     if (c->discarding && !client_discard(c))
         return;
@@ -671,32 +850,28 @@ static void client_process(Client *c)
             pool_checkout(c->pool, c);
             return;
         }
-        switch (type) {
-        case 'Q':
-        case 'F':
-            s->expect_z++;
-            s->pool->stats.query_count++;
-            break;
-        case 'S':
-            if (!s->copy_in) {
-                s->expect_z++;
-                s->dirty = false;
+        if (tx_mode && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
+            uint8_t head[256];
+            IoCursor at_body = cur;
+            size_t n = len < sizeof(head) ? len : sizeof(head);
+            io_cursor_skip(&at_body, PROTO_HDR_LEN);
+            if (!io_cursor_peek(&at_body, head, n))
+                break; /* wait for the names */
+            if (message_names_statement(type, head, n)) {
+                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                    break; /* wait for the whole message */
+                s->pool->stats.bytes_in += fwd + PROTO_HDR_LEN + len;
+                io_forward(&s->io, c->io.in, fwd);
+                fwd = 0;
+                if (!client_statement_message(c, s, type, len))
+                    return;
+                io_cursor_init(&cur, c->io.in);
+                continue;
             }
-            break;
-        case 'c':
-        case 'f':
-            s->copy_in = false;
-            break;
-        case 'd':
-        case 'H':
-            break;
-        case 'E':
-            s->pool->stats.query_count++;
-            s->dirty = true;
-            break;
-        default:
-            s->dirty = true;
-            break;
+        }
+        if (!client_note_message(c, s, type, &cur, len)) {
+            client_error_close(c, "53200", "out of memory");
+            return;
         }
         c->pkt_left = PROTO_HDR_LEN + len;
     }
@@ -704,6 +879,7 @@ static void client_process(Client *c)
         return; /* only part of a header so far */
     s->pool->stats.bytes_in += fwd;
     io_forward(&s->io, c->io.in, fwd);
+    server_settle(s);
     if (s->io.congested)
         io_read(&c->io, false); /* resumed when the server drains */
 }

@@ -98,6 +98,9 @@ void server_close(Server *s, const char *reason)
 
 void server_free(Server *s)
 {
+    rq_clear(s);
+    server_stmts_clear(&s->stmts, &s->w->prepared);
+    free(s->rq);
     io_free(&s->io);
     params_free(&s->params);
     free(s->scram);
@@ -245,6 +248,7 @@ Server *server_connect(Pool *p)
     s->connect_time = now_sec();
     s->tx_status = 'I';
     params_init(&s->params);
+    server_stmts_init(&s->stmts);
     if (recycle > 0) {
         /* A lifetime between 75% and 100% of pool_recycle staggers closures. */
         double jitter = 0.75 + 0.25 * ((double)(random() % 1000) / 1000.0);
@@ -255,7 +259,7 @@ Server *server_connect(Pool *p)
     return s;
 }
 
-static void server_send(Server *s, PktBuf *b)
+void server_send(Server *s, PktBuf *b)
 {
     if (b->failed) {
         server_close(s, "out of memory");
@@ -369,7 +373,7 @@ oom:
 
 /* Read one whole message from the front of in. Returns 1 and fills type/body
  * (body valid until the next drain), 0 when incomplete, -1 on a bad frame. */
-static int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *len)
+int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *len)
 {
     uint8_t hdr[PROTO_HDR_LEN];
     size_t avail = evbuffer_get_length(s->io.in);
@@ -385,7 +389,7 @@ static int server_whole_message(Server *s, char *type, const uint8_t **body, uin
     return 1;
 }
 
-static void server_note_param(Server *s, const uint8_t *body, uint32_t len)
+void server_note_param(Server *s, const uint8_t *body, uint32_t len)
 {
     MsgReader r;
     const char *name, *value;
@@ -472,237 +476,6 @@ static void server_login_input(Server *s)
         }
         evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
     }
-}
-
-/* Answers to the proxy's own queries, read whole and swallowed. Returns
- * false when s was closed or handed on. */
-static bool server_internal_input(Server *s)
-{
-    char type;
-    const uint8_t *body;
-    uint32_t len;
-    int rc;
-
-    while (s->internal_z > 0 && (rc = server_whole_message(s, &type, &body, &len)) != 0) {
-        ProtoError e;
-        char id[256];
-
-        if (rc < 0) {
-            server_close(s, "malformed message from server");
-            return false;
-        }
-        switch (type) {
-        case 'S':
-            server_note_param(s, body, len);
-            break;
-        case 'E':
-            s->internal_error = true;
-            if (proto_parse_error(body, len, &e) && e.message)
-                log_warning("%s internal query failed: %s", server_id(s, id, sizeof(id)),
-                            e.message);
-            break;
-        case 'Z':
-            s->tx_status = len >= 1 ? (char)body[0] : 'I';
-            s->internal_z--;
-            break;
-        default:
-            break;
-        }
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
-    }
-    if (s->internal_z > 0)
-        return false; /* need more bytes */
-    if (s->internal_error && s->state != SV_ACTIVE) {
-        s->internal_error = false;
-        server_close(s, "reset or pre-ping query failed");
-        return false;
-    }
-    s->internal_error = false;
-    if (s->state == SV_TESTING) {
-        if (s->tx_status != 'I') {
-            server_close(s, "still in a transaction after reset");
-            return false;
-        }
-        pool_server_ready(s);
-        return false;
-    }
-    return true;
-}
-
-/* An idle server may report parameters or notices; anything else ends it. */
-static void server_idle_input(Server *s)
-{
-    char type;
-    const uint8_t *body;
-    uint32_t len;
-    int rc;
-
-    while ((rc = server_whole_message(s, &type, &body, &len)) != 0) {
-        ProtoError e;
-        if (rc < 0 || (type != 'S' && type != 'N' && type != 'A')) {
-            const char *why = "unexpected data from idle server";
-            if (rc > 0 && type == 'E' && proto_parse_error(body, len, &e) && e.message)
-                why = e.message;
-            if (s->pool->w->cfg->pool_pre_ping) {
-                s->pool->stats.ping_failures++;
-                s->pool->last_failure = now_sec();
-            }
-            server_close(s, why);
-            return;
-        }
-        if (type == 'S')
-            server_note_param(s, body, len);
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
-    }
-}
-
-/* May the server go back to the pool after this ReadyForQuery? */
-static bool server_releasable(const Server *s)
-{
-    return s->pool->mode == POOL_TRANSACTION && s->tx_status == 'I' && s->expect_z == 0 &&
-           !s->dirty && !s->copy_in && s->internal_z == 0;
-}
-
-/* After the transaction ended: unlink, let the client carry on with what it
- * already sent, and give the server back. */
-static void server_end_of_transaction(Server *s)
-{
-    Client *c = s->client;
-
-    s->pool->stats.xact_count++;
-    pool_release(s);
-    if (c)
-        client_resume(c);
-}
-
-void server_relay(Server *s)
-{
-    Client *c = s->client;
-    IoCursor cur;
-    size_t fwd = 0;
-    uint8_t hdr[PROTO_HDR_LEN + 1];
-    char type;
-    uint32_t len;
-
-    if (s->internal_z > 0 && !server_internal_input(s))
-        return;
-    if (!c) {
-        server_idle_input(s);
-        return;
-    }
-    io_cursor_init(&cur, s->io.in);
-    for (;;) {
-        if (s->pkt_left > 0) {
-            size_t n = io_cursor_left(&cur);
-            if (n == 0)
-                break;
-            if (n > s->pkt_left)
-                n = s->pkt_left;
-            io_cursor_skip(&cur, n);
-            fwd += n;
-            s->pkt_left -= (uint32_t)n;
-            continue;
-        }
-        if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
-            break;
-        if (proto_frame_header(hdr, 0x7fffffff - PROTO_HDR_LEN, &type, &len) != FRAME_OK) {
-            server_close(s, "malformed message from server");
-            return;
-        }
-        switch (type) {
-        case 'Z':
-            if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN + 1))
-                goto out;
-            s->tx_status = (char)hdr[PROTO_HDR_LEN];
-            if (s->expect_z > 0)
-                s->expect_z--;
-            if (server_releasable(s)) {
-                fwd += PROTO_HDR_LEN + len;
-                s->pool->stats.bytes_out += fwd;
-                io_forward(&c->io, s->io.in, fwd);
-                server_end_of_transaction(s);
-                return;
-            }
-            break;
-        case 'S': {
-            uint8_t body[1024];
-            if (len <= sizeof(body)) {
-                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
-                    goto out;
-                IoCursor at_body = cur;
-                io_cursor_skip(&at_body, PROTO_HDR_LEN);
-                io_cursor_peek(&at_body, body, len);
-                server_note_param(s, body, len);
-            }
-            break;
-        }
-        case 'G':
-        case 'W':
-            s->copy_in = true;
-            break;
-        default:
-            break;
-        }
-        s->pkt_left = PROTO_HDR_LEN + len;
-    }
-out:
-    s->pool->stats.bytes_out += fwd;
-    io_forward(&c->io, s->io.in, fwd);
-    if (c->io.congested)
-        io_read(&s->io, false); /* resumed when the client drains */
-}
-
-void server_ping(Server *s)
-{
-    PktBuf *b = worker_pkt(s->w);
-
-    server_set_state(s, SV_TESTING);
-    pkt_query(b, "");
-    s->internal_z++;
-    server_send(s, b);
-}
-
-void server_reset(Server *s, bool discard_all)
-{
-    PktBuf *b = worker_pkt(s->w);
-
-    server_set_state(s, SV_TESTING);
-    if (s->tx_status != 'I') {
-        pkt_query(b, "ROLLBACK");
-        s->internal_z++;
-    }
-    if (discard_all) {
-        pkt_query(b, "DISCARD ALL");
-        s->internal_z++;
-    }
-    if (s->internal_z == 0) {
-        pool_server_ready(s);
-        return;
-    }
-    server_send(s, b);
-}
-
-void server_sync_params(Server *s, Client *c)
-{
-    char *sql = NULL;
-    int n;
-    PktBuf *b;
-
-    if (params_same(&s->params, &c->params))
-        return;
-    n = params_sync_sql(&s->params, &c->params, &sql);
-    if (n < 0 || !params_assign(&s->params, &c->params)) {
-        free(sql);
-        server_close(s, "out of memory");
-        return;
-    }
-    if (n == 0)
-        return;
-    b = worker_pkt(s->w);
-    pkt_query(b, sql);
-    free(sql);
-    s->internal_z++;
-    server_send(s, b);
 }
 
 static void server_on_io(void *arg, IoEvent ev)

@@ -127,6 +127,7 @@ bool worker_init(Worker *w, const Config *cfg)
     list_init(&w->just_free_clients);
     list_init(&w->just_free_servers);
     pkt_init(&w->scratch);
+    ps_registry_init(&w->prepared);
     w->base = event_base_new();
     if (!w->base)
         return false;
@@ -264,4 +265,5 @@ void worker_free(Worker *w)
     if (w->base)
         event_base_free(w->base);
     pkt_free(&w->scratch);
+    ps_registry_free(&w->prepared);
 }

@@ -15,6 +15,7 @@
 #include "daemon/io.h"
 #include "daemon/list.h"
 #include "daemon/params.h"
+#include "daemon/prepared.h"
 #include "proto/auth.h"
 #include "proto/pkt.h"
 
@@ -53,6 +54,9 @@ typedef enum {
     LOGIN_WELCOME,      /* authenticated, waiting for the pool's first server */
 } LoginPhase;
 
+/* Histogram buckets of PoolStats (bounds in daemon/stats.c); the last is +Inf. */
+#define STATS_HIST_BUCKETS 15
+
 /* Pool statistics: plain counters, one writer (the worker), no locks. */
 typedef struct PoolStats {
     uint64_t xact_count;
@@ -65,6 +69,9 @@ typedef struct PoolStats {
     uint64_t recycled;      /* closed by pool_recycle */
     uint64_t ping_failures; /* pre-ping found a dead connection */
     uint64_t connect_failures;
+    uint64_t query_usec;                      /* total time of query_hist's queries */
+    uint64_t query_hist[STATS_HIST_BUCKETS];  /* request to ReadyForQuery */
+    uint64_t wait_hist[STATS_HIST_BUCKETS];   /* waits for a server, as wait_usec */
 } PoolStats;
 
 struct Pool {
@@ -96,6 +103,7 @@ struct Pool {
     double last_connect_error_at;
     char last_connect_error[256];
     PoolStats stats;
+    bool paused; /* PAUSE of its database; see pool_paused() */
 };
 
 struct Client {
@@ -111,6 +119,7 @@ struct Client {
     char *database;
     ParamSet startup; /* parameters from the startup packet */
     ParamSet params;  /* what the session should see: welcome + startup + SETs */
+    ClientStmts stmts; /* named prepared statements (transaction mode) */
     int32_t cancel_pid;
     int32_t cancel_key;
     uint8_t md5_salt[4];
@@ -121,6 +130,32 @@ struct Client {
     bool discarding; /* an error was sent for a query that never ran: drop until Query/Sync */
     double linger_since;
 };
+
+/*
+ * What the server still owes: one item per message that gets a completion,
+ * so that answers the proxy gives itself (or hides) land at the right place
+ * in the client's stream.
+ */
+typedef enum {
+    RQ_QUERY,        /* Query or FunctionCall: done at ReadyForQuery */
+    RQ_SYNC,         /* Sync: done at ReadyForQuery */
+    RQ_PARSE,        /* forwarded Parse: ParseComplete */
+    RQ_BIND,         /* BindComplete */
+    RQ_DESCRIBE,     /* RowDescription or NoData */
+    RQ_EXECUTE,      /* CommandComplete, EmptyQueryResponse or PortalSuspended */
+    RQ_CLOSE,        /* CloseComplete */
+    RQ_HIDDEN_PARSE, /* the proxy's own Parse: ParseComplete swallowed */
+    RQ_HIDDEN_CLOSE, /* the proxy's own Close: CloseComplete swallowed */
+    RQ_FAKE_PARSE,   /* the client's Parse answered by the proxy */
+    RQ_FAKE_CLOSE,   /* the client's Close answered by the proxy */
+    RQ_INTERNAL,     /* the proxy's own simple query: all swallowed up to ReadyForQuery */
+} RqKind;
+
+typedef struct RqItem {
+    RqKind kind;
+    PreparedStmt *ps;  /* Parse items: the statement (a reference) */
+    char *client_name; /* RQ_PARSE of a named statement: unmapped if it fails */
+} RqItem;
 
 struct Server {
     ListNode node;
@@ -139,8 +174,12 @@ struct Server {
     bool logged_in;
     uint32_t pkt_left;  /* bytes of the current message still to forward */
     char tx_status;     /* from the last ReadyForQuery */
-    uint32_t expect_z;  /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
-    uint32_t internal_z; /* ReadyForQuery due for the proxy's own queries (swallowed) */
+    RqItem *rq;         /* answers still due from the server, oldest first (a ring) */
+    uint32_t rq_head;
+    uint32_t rq_len;
+    uint32_t rq_cap;
+    bool skip_until_sync; /* the server reported an error and ignores messages up to Sync */
+    ServerStmts stmts;  /* named statements prepared on this backend (transaction mode) */
     bool dirty;         /* extended-protocol messages forwarded since the last Sync */
     bool copy_in;       /* in COPY FROM STDIN: client sends data */
     bool internal_error; /* one of the proxy's own queries failed */
@@ -150,6 +189,7 @@ struct Server {
     struct evdns_getaddrinfo_request *dns_req;
     char fail_sqlstate[6]; /* set when a failure waits for the janitor to report it */
     char fail_msg[256];
+    double query_start; /* first client message not yet answered by ReadyForQuery; 0 = none */
 };
 
 struct Worker {
@@ -167,7 +207,9 @@ struct Worker {
     List just_free_servers;
     int nclients; /* every client not yet freed, for max_client_conn */
     PktBuf scratch; /* reused for every message the proxy builds */
+    PsRegistry prepared; /* every named statement any client prepared */
     bool shutting_down;
+    struct Ops *ops; /* admin port, signals, reload, shutdown: daemon/ops.h */
 };
 
 double now_sec(void);
@@ -216,6 +258,33 @@ void server_reset(Server *s, bool discard_all);
 /* Bring the backend's parameters to the client's before its first message. */
 void server_sync_params(Server *s, Client *c);
 void server_free(Server *s);
+/* Read one whole message from the front of s's input: 1 and type/body
+ * (valid until the next drain), 0 when incomplete, -1 on a bad frame. */
+int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *len);
+/* A ParameterStatus: note the value on the backend and on its client. */
+void server_note_param(Server *s, const uint8_t *body, uint32_t len);
+/* Send a message the proxy built; closes s if building it failed. */
+void server_send(Server *s, PktBuf *b);
+/* Idle input: parameters and notices are fine, anything else ends s. */
+void server_idle_input(Server *s);
+
+/* relay.c: the response queue */
+bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
+    __attribute__((warn_unused_result));
+void rq_clear(Server *s);
+static inline RqItem *rq_head(const Server *s)
+{
+    return s->rq_len ? &s->rq[s->rq_head] : NULL;
+}
+/* Emit answers the proxy owes the client that are now due (client side). */
+void server_settle(Server *s);
+/*
+ * Make sure ps is prepared on s. For the client's own Parse (client_name set)
+ * the client gets ParseComplete either way: from the proxy when s already has
+ * it, else from the server. Otherwise a hidden Parse is sent when needed.
+ * Returns false if s was closed.
+ */
+bool server_ensure_prepared(Server *s, PreparedStmt *ps, const char *client_name);
 /* Report a deferred failure or a connect timeout; called by the janitor. */
 void server_check_timeout(Server *s, double now);
 /* Send a CancelRequest for the backend's current query. */
@@ -236,5 +305,16 @@ void pool_janitor(Pool *p, double now);
 /* Open connections needed by waiting clients and min pool. */
 void pool_grow(Pool *p);
 int pool_server_count(const Pool *p);
+
+/* ops.c: may the pool hand out servers? Not while paused or shutting down. */
+bool pool_paused(const Pool *p);
+/* ops.c: periodic work of the operations side; called by the janitor. */
+void ops_tick(Worker *w, double now);
+/* stats.c: hot-path statistics, no allocation */
+void stats_observe(uint64_t *hist, uint64_t usec);
+/* A client message is forwarded to s: starts the query clock if idle. */
+void stats_query_begin(Server *s);
+/* s sent ReadyForQuery: the query clock stops. */
+void stats_query_end(Server *s);
 
 #endif

@@ -1,0 +1,470 @@
+/*
+ * Relaying a server's answers to its client. The response queue records
+ * what the server still owes; it lets the proxy hide the answers to its own
+ * messages (parameter sync, hidden Parse/Close, reset, pre-ping) and give
+ * the client answers the server never sees (ParseComplete for a statement
+ * the backend already has), each at the right place in the stream.
+ */
+#include "daemon/log.h"
+#include "daemon/worker.h"
+#include "proto/msg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
+{
+    RqItem *it;
+
+    if (s->rq_len == s->rq_cap) {
+        uint32_t ncap = s->rq_cap ? s->rq_cap * 2 : 8;
+        RqItem *n = malloc(sizeof(*n) * ncap);
+        if (!n)
+            return false;
+        for (uint32_t i = 0; i < s->rq_len; i++)
+            n[i] = s->rq[(s->rq_head + i) % s->rq_cap];
+        free(s->rq);
+        s->rq = n;
+        s->rq_cap = ncap;
+        s->rq_head = 0;
+    }
+    it = &s->rq[(s->rq_head + s->rq_len) % s->rq_cap];
+    it->kind = kind;
+    it->ps = ps;
+    it->client_name = NULL;
+    if (client_name) {
+        it->client_name = strdup(client_name);
+        if (!it->client_name)
+            return false;
+    }
+    if (ps)
+        ps_ref(ps);
+    s->rq_len++;
+    return true;
+}
+
+static void rq_pop(Server *s)
+{
+    RqItem *it = &s->rq[s->rq_head];
+
+    if (it->ps)
+        ps_unref(&s->w->prepared, it->ps);
+    free(it->client_name);
+    s->rq_head = (s->rq_head + 1) % s->rq_cap;
+    s->rq_len--;
+}
+
+void rq_clear(Server *s)
+{
+    while (s->rq_len > 0)
+        rq_pop(s);
+}
+
+/* The item at the head got an error, or was skipped after one: a Parse that
+ * never happened leaves neither the backend nor the client a statement. */
+static void rq_pop_failed(Server *s)
+{
+    RqItem *it = rq_head(s);
+
+    if (it->ps && (it->kind == RQ_PARSE || it->kind == RQ_HIDDEN_PARSE)) {
+        server_stmts_del(&s->stmts, &s->w->prepared, it->ps);
+        if (it->client_name && s->client)
+            client_stmts_del(&s->client->stmts, &s->w->prepared, it->client_name, it->ps);
+    }
+    rq_pop(s);
+}
+
+/* Answers to the proxy's own simple queries, read whole and swallowed.
+ * Returns true when relaying may go on with s still linked and usable. */
+static bool server_internal_input(Server *s)
+{
+    char type;
+    const uint8_t *body;
+    uint32_t len;
+    int rc;
+    char id[64];
+
+    while (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL &&
+           (rc = server_whole_message(s, &type, &body, &len)) != 0) {
+        ProtoError e;
+
+        if (rc < 0) {
+            server_close(s, "malformed message from server");
+            return false;
+        }
+        switch (type) {
+        case 'S':
+            server_note_param(s, body, len);
+            break;
+        case 'E':
+            s->internal_error = true;
+            if (proto_parse_error(body, len, &e) && e.message) {
+                snprintf(id, sizeof(id), "S-%p", (void *)s);
+                log_warning("%s internal query failed: %s", id, e.message);
+            }
+            break;
+        case 'Z':
+            s->tx_status = len >= 1 ? (char)body[0] : 'I';
+            rq_pop(s);
+            break;
+        default:
+            break;
+        }
+        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+    }
+    if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL)
+        return false; /* need more bytes */
+    if (s->internal_error) {
+        s->internal_error = false;
+        server_close(s, "the proxy's reset, pre-ping or SET query failed");
+        return false;
+    }
+    if (s->state == SV_TESTING) {
+        if (s->tx_status != 'I') {
+            server_close(s, "still in a transaction after reset");
+            return false;
+        }
+        pool_server_ready(s);
+        return false;
+    }
+    return true;
+}
+
+void server_idle_input(Server *s)
+{
+    char type;
+    const uint8_t *body;
+    uint32_t len;
+    int rc;
+
+    while ((rc = server_whole_message(s, &type, &body, &len)) != 0) {
+        ProtoError e;
+        if (rc < 0 || (type != 'S' && type != 'N' && type != 'A')) {
+            const char *why = "unexpected data from idle server";
+            if (rc > 0 && type == 'E' && proto_parse_error(body, len, &e) && e.message)
+                why = e.message;
+            if (s->pool->w->cfg->pool_pre_ping) {
+                s->pool->stats.ping_failures++;
+                s->pool->last_failure = now_sec();
+            }
+            server_close(s, why);
+            return;
+        }
+        if (type == 'S')
+            server_note_param(s, body, len);
+        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+    }
+}
+
+/* May the server go back to the pool after this ReadyForQuery? */
+static bool server_releasable(const Server *s)
+{
+    return s->pool->mode == POOL_TRANSACTION && s->tx_status == 'I' && s->rq_len == 0 &&
+           !s->dirty && !s->copy_in;
+}
+
+/* After the transaction ended: unlink, let the client carry on with what it
+ * already sent, and give the server back. */
+static void server_end_of_transaction(Server *s)
+{
+    Client *c = s->client;
+
+    s->pool->stats.xact_count++;
+    pool_release(s);
+    if (c)
+        client_resume(c);
+}
+
+/*
+ * Deal with the head of the queue when it needs no server message: answers
+ * the proxy owes (sent after *fwd bytes of server output are passed on) and
+ * items the server skips after an error. Returns true if it wrote anything
+ * to the client or drained input (the caller's cursor is then stale).
+ */
+static bool rq_settle(Server *s, size_t *fwd)
+{
+    bool moved = false;
+    RqItem *it;
+
+    while ((it = rq_head(s)) != NULL) {
+        PktBuf *b;
+        if (s->skip_until_sync && it->kind != RQ_SYNC && it->kind != RQ_QUERY &&
+            it->kind != RQ_INTERNAL) {
+            rq_pop_failed(s);
+            continue;
+        }
+        if (it->kind != RQ_FAKE_PARSE && it->kind != RQ_FAKE_CLOSE)
+            break;
+        if (*fwd > 0) {
+            io_forward(&s->client->io, s->io.in, *fwd);
+            *fwd = 0;
+        }
+        b = worker_pkt(s->w);
+        pkt_begin(b, it->kind == RQ_FAKE_PARSE ? '1' : '3');
+        pkt_end(b);
+        io_send(&s->client->io, b->data, b->len);
+        rq_pop(s);
+        moved = true;
+    }
+    return moved;
+}
+
+void server_settle(Server *s)
+{
+    size_t fwd = 0;
+
+    if (s->client && s->pkt_left == 0 && s->rq_len > 0)
+        rq_settle(s, &fwd);
+}
+
+/* Is the CommandComplete tag one after which the backend has no prepared statements? */
+static bool tag_drops_statements(const uint8_t *tag, uint32_t len)
+{
+    return (len >= 12 && strncasecmp((const char *)tag, "DISCARD ALL", 11) == 0) ||
+           (len >= 15 && strncasecmp((const char *)tag, "DEALLOCATE ALL", 14) == 0);
+}
+
+void server_relay(Server *s)
+{
+    Client *c = s->client;
+    IoCursor cur;
+    size_t fwd = 0;
+    uint8_t hdr[PROTO_HDR_LEN + 1];
+    char type;
+    uint32_t len;
+
+    if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL && !server_internal_input(s))
+        return;
+    if (!c) {
+        server_idle_input(s);
+        return;
+    }
+    io_cursor_init(&cur, s->io.in);
+    for (;;) {
+        RqItem *head;
+        bool swallow = false;
+
+        if (s->pkt_left > 0) {
+            size_t n = io_cursor_left(&cur);
+            if (n == 0)
+                break;
+            if (n > s->pkt_left)
+                n = s->pkt_left;
+            io_cursor_skip(&cur, n);
+            fwd += n;
+            s->pkt_left -= (uint32_t)n;
+            continue;
+        }
+        if (s->rq_len > 0 && rq_settle(s, &fwd)) {
+            io_cursor_init(&cur, s->io.in);
+            io_cursor_skip(&cur, fwd);
+        }
+        if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
+            break;
+        if (proto_frame_header(hdr, 0x7fffffff - PROTO_HDR_LEN, &type, &len) != FRAME_OK) {
+            server_close(s, "malformed message from server");
+            return;
+        }
+        head = rq_head(s);
+        switch (type) {
+        case 'Z':
+            if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN + 1))
+                goto out;
+            s->tx_status = (char)hdr[PROTO_HDR_LEN];
+            s->skip_until_sync = false;
+            if (head)
+                rq_pop(s);
+            if (s->tx_status == 'I' && !server_releasable(s))
+                log_debug("S-%p kept after ReadyForQuery: %u answers due (head %d), dirty=%d "
+                          "copy_in=%d",
+                          (void *)s, s->rq_len, rq_head(s) ? (int)rq_head(s)->kind : -1, s->dirty,
+                          s->copy_in);
+            if (server_releasable(s)) {
+                fwd += PROTO_HDR_LEN + len;
+                s->pool->stats.bytes_out += fwd;
+                io_forward(&c->io, s->io.in, fwd);
+                server_end_of_transaction(s);
+                return;
+            }
+            break;
+        case '1':
+        case '3':
+            if (head && (head->kind == RQ_HIDDEN_PARSE || head->kind == RQ_HIDDEN_CLOSE))
+                swallow = true;
+            if (head)
+                rq_pop(s);
+            break;
+        case '2':
+        case 'n':
+        case 'I':
+        case 's':
+            if (head && head->kind != RQ_QUERY)
+                rq_pop(s);
+            break;
+        case 'C':
+            if (len <= 64 && s->stmts.lru.count > 0) {
+                uint8_t tag[64];
+                IoCursor at_body = cur;
+                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                    goto out;
+                io_cursor_skip(&at_body, PROTO_HDR_LEN);
+                io_cursor_peek(&at_body, tag, len);
+                if (tag_drops_statements(tag, len))
+                    server_stmts_clear(&s->stmts, &s->w->prepared);
+            }
+            if (head && head->kind == RQ_EXECUTE)
+                rq_pop(s);
+            break;
+        case 'T':
+            if (head && head->kind == RQ_DESCRIBE)
+                rq_pop(s);
+            break;
+        case 'E':
+            if (head && head->kind != RQ_QUERY) {
+                rq_pop_failed(s);
+                s->skip_until_sync = true;
+            }
+            break;
+        case 'S': {
+            uint8_t body[1024];
+            if (len <= sizeof(body)) {
+                IoCursor at_body = cur;
+                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                    goto out;
+                io_cursor_skip(&at_body, PROTO_HDR_LEN);
+                io_cursor_peek(&at_body, body, len);
+                server_note_param(s, body, len);
+            }
+            break;
+        }
+        case 'G':
+        case 'W':
+            s->copy_in = true;
+            break;
+        default:
+            break;
+        }
+        if (swallow) {
+            if (fwd > 0) {
+                io_forward(&c->io, s->io.in, fwd);
+                fwd = 0;
+            }
+            evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+            io_cursor_init(&cur, s->io.in);
+            continue;
+        }
+        s->pkt_left = PROTO_HDR_LEN + len;
+    }
+out:
+    s->pool->stats.bytes_out += fwd;
+    io_forward(&c->io, s->io.in, fwd);
+    if (c->io.congested)
+        io_read(&s->io, false); /* resumed when the client drains */
+}
+
+/* Queue one of the proxy's own simple queries. */
+static bool server_internal_query(Server *s, PktBuf *b, const char *sql)
+{
+    pkt_query(b, sql);
+    return rq_push(s, RQ_INTERNAL, NULL, NULL);
+}
+
+void server_ping(Server *s)
+{
+    PktBuf *b = worker_pkt(s->w);
+
+    server_set_state(s, SV_TESTING);
+    if (!server_internal_query(s, b, "")) {
+        server_close(s, "out of memory");
+        return;
+    }
+    server_send(s, b);
+}
+
+void server_reset(Server *s, bool discard_all)
+{
+    PktBuf *b = worker_pkt(s->w);
+    bool ok = true;
+
+    server_set_state(s, SV_TESTING);
+    s->dirty = false;
+    if (s->tx_status != 'I')
+        ok = server_internal_query(s, b, "ROLLBACK");
+    if (ok && discard_all) {
+        ok = server_internal_query(s, b, "DISCARD ALL");
+        server_stmts_clear(&s->stmts, &s->w->prepared);
+    }
+    if (!ok) {
+        server_close(s, "out of memory");
+        return;
+    }
+    if (s->rq_len == 0) {
+        pool_server_ready(s);
+        return;
+    }
+    server_send(s, b);
+}
+
+void server_sync_params(Server *s, Client *c)
+{
+    char *sql = NULL;
+    int n;
+    PktBuf *b;
+
+    if (params_same(&s->params, &c->params))
+        return;
+    n = params_sync_sql(&s->params, &c->params, &sql);
+    if (n < 0 || !params_assign(&s->params, &c->params)) {
+        free(sql);
+        server_close(s, "out of memory");
+        return;
+    }
+    if (n == 0)
+        return;
+    b = worker_pkt(s->w);
+    if (!server_internal_query(s, b, sql)) {
+        free(sql);
+        server_close(s, "out of memory");
+        return;
+    }
+    free(sql);
+    server_send(s, b);
+}
+
+bool server_ensure_prepared(Server *s, PreparedStmt *ps, const char *client_name)
+{
+    PktBuf *b;
+    int limit = s->w->cfg->max_prepared_statements;
+
+    if (server_stmts_has(&s->stmts, ps)) {
+        if (client_name && !rq_push(s, RQ_FAKE_PARSE, NULL, NULL))
+            goto oom;
+        return true;
+    }
+    b = worker_pkt(s->w);
+    /* Make room: close the least recently used statement on this backend. */
+    while (server_stmts_count(&s->stmts) >= limit) {
+        PreparedStmt *old = server_stmts_oldest(&s->stmts);
+        pkt_begin(b, 'C');
+        pkt_put_u8(b, 'S');
+        pkt_put_str(b, old->server_name);
+        pkt_end(b);
+        if (!rq_push(s, RQ_HIDDEN_CLOSE, NULL, NULL))
+            goto oom;
+        server_stmts_del(&s->stmts, &s->w->prepared, old);
+    }
+    pkt_begin(b, 'P');
+    pkt_put_str(b, ps->server_name);
+    pkt_put_bytes(b, ps->body, ps->body_len);
+    pkt_end(b);
+    if (!server_stmts_add(&s->stmts, &s->w->prepared, ps) ||
+        !rq_push(s, client_name ? RQ_PARSE : RQ_HIDDEN_PARSE, ps, client_name))
+        goto oom;
+    server_send(s, b);
+    return s->state != SV_CLOSING;
+oom:
+    server_close(s, "out of memory");
+    return false;
+}
