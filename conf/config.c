@@ -109,6 +109,34 @@ static const char *check_socket_dir(const char *v)
 
 _Static_assert(SOCKET_DIR_MAX == 92, "the message above says 92");
 
+/* admin_users, stats_users: "name, name" or empty. */
+static const char *check_user_list(const char *v)
+{
+    const char *p = v;
+
+    while (*p) {
+        size_t n;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        n = strcspn(p, ",");
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == 0 || memchr(p, '"', n))
+            return "a comma-separated list of user names, or empty";
+        p += strcspn(p, ",");
+        if (*p == ',' && *++p == '\0')
+            return "a comma-separated list of user names, or empty";
+    }
+    return NULL;
+}
+
+static const char *check_ident(const char *v)
+{
+    if (*v == '\0' || strlen(v) > 64)
+        return "a name of 1 to 64 characters";
+    return NULL;
+}
+
 #define CFG(field) .offset = offsetof(Config, field)
 
 /* THE settings table: order here is the order of SHOW CONFIG and of the docs. */
@@ -116,6 +144,10 @@ static const Setting settings[] = {
     {"listen_addr", ST_STRING, CFG(listen_addr), "127.0.0.1", false, .check = check_listen_addr},
     {"listen_port", ST_INT, CFG(listen_port), "6432", false, 1, 65535},
     {"unix_socket_dir", ST_STRING, CFG(unix_socket_dir), "", false, .check = check_socket_dir},
+    {"admin_addr", ST_STRING, CFG(admin_addr), "127.0.0.1", false, .check = check_listen_addr},
+    {"admin_port", ST_INT, CFG(admin_port), "6433", false, 0, 65535},
+    {"admin_users", ST_STRING, CFG(admin_users), "", true, .check = check_user_list},
+    {"stats_users", ST_STRING, CFG(stats_users), "", true, .check = check_user_list},
     {"pool_mode", ST_ENUM, CFG(pool_mode), "transaction", true, .words = pool_mode_words},
     {"auth_type", ST_ENUM, CFG(auth_type), "scram-sha-256", true, .words = auth_type_words},
     {"auth_file", ST_STRING, CFG(auth_file), "", true},
@@ -130,7 +162,13 @@ static const Setting settings[] = {
     {"server_connect_timeout", ST_DOUBLE, CFG(server_connect_timeout), "15", true, 0, SECONDS_MAX,
      .above_min = true},
     {"max_packet_size", ST_INT, CFG(max_packet_size), "268435456", true, 1024, 1073741824},
+    {"max_prepared_statements", ST_INT, CFG(max_prepared_statements), "200", true, 1, 100000},
+    {"shutdown_timeout", ST_DOUBLE, CFG(shutdown_timeout), "30", true, 0, SECONDS_MAX},
+    {"pidfile", ST_STRING, CFG(pidfile), "", false},
     {"log_level", ST_ENUM, CFG(log_level), "info", true, .words = log_level_words},
+    {"logfile", ST_STRING, CFG(logfile), "", true},
+    {"syslog", ST_BOOL, CFG(syslog), "off", true},
+    {"syslog_ident", ST_STRING, CFG(syslog_ident), "pgcoalesce", true, .check = check_ident},
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
@@ -837,4 +875,45 @@ bool config_item(const Config *cfg, int i, ConfigItem *item)
     else
         conf_msgf(item->value, sizeof(item->value), "%s", s->default_value);
     return true;
+}
+
+int config_carry_fixed(Config *next, const Config *cur, char *changed, size_t len)
+{
+    int n = 0;
+    size_t used = 0;
+
+    if (len > 0)
+        changed[0] = '\0';
+    for (int i = 0; i < NSETTINGS; i++) {
+        const Setting *s = &settings[i];
+        char a[256], b[256];
+
+        if (s->reloadable)
+            continue;
+        setting_format(cur, s, a, sizeof(a));
+        setting_format(next, s, b, sizeof(b));
+        if (strcmp(a, b) == 0 && (s->type != ST_STRING ||
+                                  strcmp(*(char **)setting_field(cur, s),
+                                         *(char **)setting_field(next, s)) == 0))
+            continue;
+        if (s->type == ST_STRING) {
+            char *copy = strdup(*(char **)setting_field(cur, s));
+            if (!copy)
+                return -1;
+            free(*(char **)setting_field(next, s));
+            *(char **)setting_field(next, s) = copy;
+        } else {
+            size_t size = s->type == ST_DOUBLE ? sizeof(double)
+                          : s->type == ST_BOOL ? sizeof(bool)
+                                               : sizeof(int);
+            memcpy(setting_field(next, s), setting_field(cur, s), size);
+        }
+        if (used < len) {
+            int w = snprintf(changed + used, len - used, "%s%s", n ? ", " : "", s->name);
+            if (w > 0)
+                used += (size_t)w;
+        }
+        n++;
+    }
+    return n;
 }

@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 17
+#define NSETTINGS 18
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -882,6 +882,7 @@ static const struct {
     {"client_login_timeout", "60", true, "0"},
     {"server_connect_timeout", "15", true, "0.5"},
     {"max_packet_size", "268435456", true, "1048576"},
+    {"max_prepared_statements", "200", true, "50"},
     {"log_level", "info", true, "debug"},
 };
 
