@@ -78,6 +78,24 @@ static const EnumWord log_level_words[] = {
     {NULL, 0},
 };
 
+static const EnumWord client_tls_words[] = {
+    {"disable", CLIENT_TLS_DISABLE}, {"allow", CLIENT_TLS_ALLOW},
+    {"prefer", CLIENT_TLS_PREFER},   {"require", CLIENT_TLS_REQUIRE},
+    {NULL, 0},
+};
+
+static const EnumWord server_tls_words[] = {
+    {"disable", SERVER_TLS_DISABLE},     {"prefer", SERVER_TLS_PREFER},
+    {"require", SERVER_TLS_REQUIRE},     {"verify-ca", SERVER_TLS_VERIFY_CA},
+    {"verify-full", SERVER_TLS_VERIFY_FULL}, {NULL, 0},
+};
+
+static const EnumWord tls_version_words[] = {
+    {"tlsv1.2", TLS_V1_2},
+    {"tlsv1.3", TLS_V1_3},
+    {NULL, 0},
+};
+
 /* Accepted spellings of a boolean; the first two are how they are written back. */
 static const EnumWord bool_words[] = {
     {"on", 1}, {"off", 0}, {"true", 1}, {"false", 0}, {"yes", 1},
@@ -163,6 +181,19 @@ static const Setting settings[] = {
      .above_min = true},
     {"max_packet_size", ST_INT, CFG(max_packet_size), "268435456", true, 1024, 1073741824},
     {"max_prepared_statements", ST_INT, CFG(max_prepared_statements), "200", true, 1, 100000},
+    {"client_tls_sslmode", ST_ENUM, CFG(client_tls_sslmode), "disable", true,
+     .words = client_tls_words},
+    {"client_tls_cert_file", ST_STRING, CFG(client_tls_cert_file), "", true},
+    {"client_tls_key_file", ST_STRING, CFG(client_tls_key_file), "", true},
+    {"client_tls_min_version", ST_ENUM, CFG(client_tls_min_version), "tlsv1.2", true,
+     .words = tls_version_words},
+    {"server_tls_sslmode", ST_ENUM, CFG(server_tls_sslmode), "prefer", true,
+     .words = server_tls_words},
+    {"server_tls_ca_file", ST_STRING, CFG(server_tls_ca_file), "", true},
+    {"server_tls_cert_file", ST_STRING, CFG(server_tls_cert_file), "", true},
+    {"server_tls_key_file", ST_STRING, CFG(server_tls_key_file), "", true},
+    {"server_tls_min_version", ST_ENUM, CFG(server_tls_min_version), "tlsv1.2", true,
+     .words = tls_version_words},
     {"shutdown_timeout", ST_DOUBLE, CFG(shutdown_timeout), "30", true, 0, SECONDS_MAX},
     {"pidfile", ST_STRING, CFG(pidfile), "", false},
     {"log_level", ST_ENUM, CFG(log_level), "info", true, .words = log_level_words},
@@ -718,19 +749,63 @@ static int load_blame_line(const LoadState *st, const char *name)
     return st->lineno > 0 ? st->lineno : 1;
 }
 
-/* auth_file relative to the config file's directory; replaces cfg->auth_file. */
-CONF_CHECK static bool load_resolve_auth_file(LoadState *st)
+/* A file setting relative to the config file's directory; replaces *field. */
+CONF_CHECK static bool load_resolve_path(LoadState *st, char **field)
 {
-    Config *cfg = st->cfg;
     const char *slash = strrchr(st->path, '/');
     char *joined;
 
-    if (cfg->auth_file[0] == '/' || !slash)
+    if ((*field)[0] == '\0' || (*field)[0] == '/' || !slash)
         return true;
-    if (asprintf(&joined, "%.*s/%s", (int)(slash - st->path), st->path, cfg->auth_file) < 0)
+    if (asprintf(&joined, "%.*s/%s", (int)(slash - st->path), st->path, *field) < 0)
         return false;
-    free(cfg->auth_file);
-    cfg->auth_file = joined;
+    free(*field);
+    *field = joined;
+    return true;
+}
+
+CONF_CHECK static bool load_resolve_auth_file(LoadState *st)
+{
+    return load_resolve_path(st, &st->cfg->auth_file);
+}
+
+/* TLS settings that only make sense together. false with err set. */
+CONF_CHECK static bool load_check_tls(LoadState *st, char *err, size_t errlen)
+{
+    Config *cfg = st->cfg;
+
+    if (!load_resolve_path(st, &cfg->client_tls_cert_file) ||
+        !load_resolve_path(st, &cfg->client_tls_key_file) ||
+        !load_resolve_path(st, &cfg->server_tls_ca_file) ||
+        !load_resolve_path(st, &cfg->server_tls_cert_file) ||
+        !load_resolve_path(st, &cfg->server_tls_key_file)) {
+        conf_msgf(err, errlen, "%s: out of memory", st->path);
+        return false;
+    }
+    if (cfg->client_tls_sslmode != CLIENT_TLS_DISABLE &&
+        (!cfg->client_tls_cert_file[0] || !cfg->client_tls_key_file[0])) {
+        conf_msgf(err, errlen,
+                  "%s:%d: client_tls_sslmode %s needs client_tls_cert_file and "
+                  "client_tls_key_file",
+                  st->path, load_blame_line(st, "client_tls_sslmode"),
+                  word_name(client_tls_words, cfg->client_tls_sslmode));
+        return false;
+    }
+    if (cfg->server_tls_sslmode >= SERVER_TLS_VERIFY_CA && !cfg->server_tls_ca_file[0]) {
+        conf_msgf(err, errlen,
+                  "%s:%d: server_tls_sslmode %s needs server_tls_ca_file, the CA that signed "
+                  "PostgreSQL's certificate",
+                  st->path, load_blame_line(st, "server_tls_sslmode"),
+                  word_name(server_tls_words, cfg->server_tls_sslmode));
+        return false;
+    }
+    if (!cfg->server_tls_cert_file[0] != !cfg->server_tls_key_file[0]) {
+        conf_msgf(err, errlen, "%s:%d: server_tls_cert_file and server_tls_key_file go together",
+                  st->path,
+                  load_blame_line(st, cfg->server_tls_cert_file[0] ? "server_tls_cert_file"
+                                                                  : "server_tls_key_file"));
+        return false;
+    }
     return true;
 }
 
@@ -745,6 +820,12 @@ CONF_CHECK static bool load_finish(LoadState *st, char *err, size_t errlen)
                   "%s:%d: no databases are defined; add a [databases] section with at least one "
                   "entry, such as \"* = host=127.0.0.1 port=5432\"",
                   st->path, st->lineno > 0 ? st->lineno : 1);
+        return false;
+    }
+    if (!load_check_tls(st, err, errlen))
+        return false;
+    if (!load_resolve_path(st, &cfg->logfile) || !load_resolve_path(st, &cfg->pidfile)) {
+        conf_msgf(err, errlen, "%s: out of memory", st->path);
         return false;
     }
     if (cfg->auth_type != AUTH_TRUST && cfg->auth_file[0] == '\0') {

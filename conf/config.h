@@ -10,6 +10,18 @@
 
 typedef enum { POOL_SESSION = 0, POOL_TRANSACTION = 1 } PoolMode;
 typedef enum { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 } AuthType;
+/* TLS towards clients: disable answers SSLRequest 'N'; allow/prefer accept
+ * TLS or plain; require refuses plain connections. */
+typedef enum { CLIENT_TLS_DISABLE = 0, CLIENT_TLS_ALLOW, CLIENT_TLS_PREFER, CLIENT_TLS_REQUIRE } ClientTlsMode;
+/* TLS towards PostgreSQL, with libpq's meanings. */
+typedef enum {
+    SERVER_TLS_DISABLE = 0,
+    SERVER_TLS_PREFER,
+    SERVER_TLS_REQUIRE,
+    SERVER_TLS_VERIFY_CA,
+    SERVER_TLS_VERIFY_FULL
+} ServerTlsMode;
+typedef enum { TLS_V1_2 = 0, TLS_V1_3 = 1 } TlsVersion;
 typedef enum { LOG_ERROR = 0, LOG_WARNING = 1, LOG_INFO = 2, LOG_DEBUG = 3 } LogLevel;
 
 /* One [databases] entry. Unset numeric overrides are -1, strings NULL. */
@@ -56,6 +68,15 @@ typedef struct Config {
     double server_connect_timeout; /* seconds */
     int max_packet_size;           /* bytes; larger client messages are refused */
     int max_prepared_statements;   /* per server connection, transaction mode */
+    ClientTlsMode client_tls_sslmode;
+    char *client_tls_cert_file; /* paths resolved against the config's directory */
+    char *client_tls_key_file;
+    TlsVersion client_tls_min_version;
+    ServerTlsMode server_tls_sslmode;
+    char *server_tls_ca_file;
+    char *server_tls_cert_file; /* client certificate shown to PostgreSQL, optional */
+    char *server_tls_key_file;
+    TlsVersion server_tls_min_version;
     LogLevel log_level;
     double shutdown_timeout; /* seconds SIGTERM/SHUTDOWN waits for running transactions */
     char *pidfile;           /* empty = none */

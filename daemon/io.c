@@ -2,6 +2,11 @@
 #include "daemon/io.h"
 
 #include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -16,6 +21,7 @@ bool io_init(Io *io, struct event_base *base, int fd, IoHandler handler, void *o
 {
     memset(io, 0, sizeof(*io));
     io->fd = fd;
+    io->base = base;
     io->handler = handler;
     io->owner = owner;
     io->in = evbuffer_new();
@@ -45,6 +51,12 @@ void io_close(Io *io)
     if (io->closed)
         return;
     io->closed = true;
+    if (io->bev) {
+        /* Frees the SSL object and closes the socket. */
+        bufferevent_free(io->bev);
+        io->bev = NULL;
+        io->fd = -1;
+    }
     if (io->rev) {
         event_free(io->rev);
         io->rev = NULL;
@@ -73,6 +85,13 @@ void io_read(Io *io, bool on)
     if (io->closed || io->read_on == on)
         return;
     io->read_on = on;
+    if (io->bev) {
+        if (on)
+            bufferevent_enable(io->bev, EV_READ);
+        else
+            bufferevent_disable(io->bev, EV_READ);
+        return;
+    }
     if (on)
         event_add(io->rev, NULL);
     else
@@ -86,6 +105,13 @@ static void io_flush(Io *io)
 
     if (io->closed)
         return;
+    if (io->bev) {
+        struct evbuffer *bout = bufferevent_get_output(io->bev);
+        evbuffer_add_buffer(bout, io->out);
+        if (evbuffer_get_length(bout) > IO_HIGH_WATERMARK)
+            io->congested = true;
+        return;
+    }
     if (evbuffer_get_length(io->out) > 0 && !io->connecting) {
         int n = evbuffer_write(io->out, io->fd);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -122,7 +148,7 @@ void io_forward(Io *io, struct evbuffer *src, size_t n)
         evbuffer_drain(src, n);
         return;
     }
-    if (evbuffer_get_length(io->out) == 0 && !io->connecting) {
+    if (evbuffer_get_length(io->out) == 0 && !io->connecting && !io->bev) {
         int w = evbuffer_write_atmost(src, io->fd, (ev_ssize_t)n);
         if (w > 0)
             n -= (size_t)w;
@@ -135,7 +161,10 @@ void io_forward(Io *io, struct evbuffer *src, size_t n)
 
 size_t io_pending_output(const Io *io)
 {
-    return io->out ? evbuffer_get_length(io->out) : 0;
+    size_t n = io->out ? evbuffer_get_length(io->out) : 0;
+    if (io->bev)
+        n += evbuffer_get_length(bufferevent_get_output(io->bev));
+    return n;
 }
 
 bool io_flushed(const Io *io)
@@ -265,4 +294,77 @@ void io_cursor_skip(IoCursor *c, size_t n)
         c->idx++;
         c->off = 0;
     }
+}
+
+static void io_tls_read_cb(struct bufferevent *bev, void *arg)
+{
+    Io *io = arg;
+
+    evbuffer_add_buffer(io->in, bufferevent_get_input(bev));
+    io->handler(io->owner, IO_READ);
+}
+
+static void io_tls_write_cb(struct bufferevent *bev, void *arg)
+{
+    Io *io = arg;
+
+    if (io->congested) {
+        io->congested = false;
+        io->handler(io->owner, IO_DRAINED);
+    }
+}
+
+static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    Io *io = arg;
+    unsigned long e;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        io->handler(io->owner, IO_CONNECTED);
+        return;
+    }
+    /* Bytes that arrived with the close are handed over first. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
+        evbuffer_add_buffer(io->in, bufferevent_get_input(bev));
+        io->handler(io->owner, IO_READ);
+        if (io->closed)
+            return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        io->handler(io->owner, IO_EOF);
+        return;
+    }
+    e = bufferevent_get_openssl_error(bev);
+    if (e)
+        ERR_error_string_n(e, io->tls_error, sizeof(io->tls_error));
+    else
+        snprintf(io->tls_error, sizeof(io->tls_error), "%s",
+                 EVUTIL_SOCKET_ERROR() ? strerror(EVUTIL_SOCKET_ERROR()) : "TLS connection failed");
+    io->err = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : EPROTO;
+    io->handler(io->owner, IO_ERROR);
+}
+
+bool io_start_tls(Io *io, SSL *ssl, bool accept)
+{
+    if (io->closed || evbuffer_get_length(io->out) > 0) {
+        SSL_free(ssl);
+        return false;
+    }
+    event_free(io->rev);
+    event_free(io->wev);
+    io->rev = io->wev = NULL;
+    io->bev = bufferevent_openssl_socket_new(
+        io->base, io->fd, ssl, accept ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
+        BEV_OPT_CLOSE_ON_FREE);
+    if (!io->bev) {
+        SSL_free(ssl);
+        return false;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(io->bev, 1);
+    bufferevent_setcb(io->bev, io_tls_read_cb, io_tls_write_cb, io_tls_event_cb, io);
+    /* Hear about the output draining below half the watermark. */
+    bufferevent_setwatermark(io->bev, EV_WRITE, IO_HIGH_WATERMARK / 2, 0);
+    io->tls = true;
+    io->read_on = true;
+    return bufferevent_enable(io->bev, EV_READ | EV_WRITE) == 0;
 }

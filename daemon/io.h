@@ -26,10 +26,14 @@ typedef enum {
 #define IO_HIGH_WATERMARK (256 * 1024)
 
 struct Io;
+struct ssl_st;
+struct bufferevent;
 typedef void (*IoHandler)(void *owner, IoEvent ev);
 
 typedef struct Io {
     int fd;
+    struct event_base *base;
+    struct bufferevent *bev; /* TLS: libevent's OpenSSL bufferevent owns the socket */
     struct event *rev;
     struct event *wev;
     struct evbuffer *in;
@@ -41,6 +45,8 @@ typedef struct Io {
     bool read_on;     /* read interest wanted by the owner */
     bool congested;   /* output went over the watermark; owner told on drain */
     bool closed;
+    bool tls;                /* traffic is encrypted (after io_start_tls) */
+    char tls_error[128];     /* last OpenSSL error, for messages */
 } Io;
 
 /* Wrap fd (already non-blocking). Returns false on allocation failure. */
@@ -55,6 +61,14 @@ void io_close(struct Io *io);
 void io_free(struct Io *io);
 
 void io_read(struct Io *io, bool on);
+/*
+ * Switch an open plain socket to TLS (OpenSSL through a libevent
+ * bufferevent); takes ownership of ssl. accept: we are the TLS server.
+ * IO_CONNECTED follows when the handshake is done, IO_ERROR if it fails.
+ * Nothing may be queued for output at the time.
+ */
+bool io_start_tls(struct Io *io, struct ssl_st *ssl, bool accept)
+    __attribute__((warn_unused_result));
 /* Append bytes to the output and try to send them now. */
 void io_send(struct Io *io, const void *data, size_t len);
 /* Forward the first n bytes of src: written straight from src when the

@@ -82,7 +82,7 @@ void server_close(Server *s, const char *reason)
         c->server = NULL;
         client_error_close(c, "08006", "server connection lost: %s", reason);
     }
-    if (!s->io.closed && s->logged_in) {
+    if (!s->io.closed && s->logged_in && !s->io.tls) {
         PktBuf *b = worker_pkt(s->w);
         pkt_terminate(b);
         if (!b->failed && s->io.fd >= 0) {
@@ -429,12 +429,74 @@ static void server_logged_in(Server *s)
 }
 
 /* Login conversation: auth, parameters, key data, then ReadyForQuery. */
+/* TCP (or TLS) is up: ask for TLS first when configured, else log in. */
+static void server_connected(Server *s)
+{
+    PktBuf *b;
+
+    io_read(&s->io, true);
+    if (s->tls_phase == SV_TLS_HANDSHAKE) {
+        s->tls_phase = SV_TLS_NONE;
+        server_send_startup(s);
+        return;
+    }
+    if (!s->w->server_tls || s->addr.ss_family == AF_UNIX) {
+        server_send_startup(s);
+        return;
+    }
+    b = worker_pkt(s->w);
+    pkt_ssl_request(b);
+    s->tls_phase = SV_TLS_ASKED;
+    server_send(s, b);
+}
+
+/* The one-byte answer to SSLRequest. Returns false when s failed. */
+static bool server_tls_answer(Server *s)
+{
+    ServerTlsMode mode = s->w->cfg->server_tls_sslmode;
+    uint8_t ch;
+    struct ssl_st *ssl;
+
+    if (evbuffer_remove(s->io.in, &ch, 1) != 1)
+        return true;
+    if (ch == 'S') {
+        if (evbuffer_get_length(s->io.in) > 0) {
+            server_fail(s, "08P01", "server sent unencrypted data after agreeing to TLS");
+            return false;
+        }
+        ssl = tls_new_server_conn(s->w, s->pool->host, mode);
+        if (!ssl || !io_start_tls(&s->io, ssl, false)) {
+            server_fail(s, "08006", "could not start TLS with server %s:%d", s->pool->host,
+                        s->pool->port);
+            return false;
+        }
+        s->tls_phase = SV_TLS_HANDSHAKE;
+        return true;
+    }
+    if (ch == 'N' && mode <= SERVER_TLS_PREFER) {
+        s->tls_phase = SV_TLS_NONE;
+        server_send_startup(s);
+        return true;
+    }
+    if (ch == 'N')
+        server_fail(s, "08006",
+                    "server %s:%d does not support TLS, but server_tls_sslmode requires it",
+                    s->pool->host, s->pool->port);
+    else
+        server_fail(s, "08P01", "unexpected answer to SSLRequest from server %s:%d",
+                    s->pool->host, s->pool->port);
+    return false;
+}
+
 static void server_login_input(Server *s)
 {
     char type;
     const uint8_t *body;
     uint32_t len;
     int rc;
+
+    if (s->tls_phase == SV_TLS_ASKED && (!server_tls_answer(s) || s->tls_phase != SV_TLS_NONE))
+        return;
 
     while (s->state == SV_CONNECTING && (rc = server_whole_message(s, &type, &body, &len)) != 0) {
         MsgReader r;
@@ -484,8 +546,7 @@ static void server_on_io(void *arg, IoEvent ev)
 
     switch (ev) {
     case IO_CONNECTED:
-        server_send_startup(s);
-        io_read(&s->io, true);
+        server_connected(s);
         break;
     case IO_READ:
         if (s->state == SV_CONNECTING)
@@ -502,7 +563,10 @@ static void server_on_io(void *arg, IoEvent ev)
     case IO_EOF:
     case IO_ERROR:
         if (s->state == SV_CONNECTING) {
-            if (s->io.err)
+            if (s->io.tls_error[0])
+                server_fail(s, "08006", "TLS with server %s:%d failed: %s", s->pool->host,
+                            s->pool->port, s->io.tls_error);
+            else if (s->io.err)
                 server_fail(s, "08006", "could not connect to server %s:%d: %s", s->pool->host,
                             s->pool->port, strerror(s->io.err));
             else

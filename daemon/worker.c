@@ -74,6 +74,7 @@ static void worker_janitor(evutil_socket_t fd, short what, void *arg)
         n = list_next(&w->linger_clients, n);
         client_check_login_timeout(c, now);
     }
+    ops_tick(w, now);
 }
 
 Pool *worker_find_pool(Worker *w, const char *db, const char *user, const char **err)
@@ -136,6 +137,13 @@ bool worker_init(Worker *w, const Config *cfg)
         w->dns = evdns_base_new(w->base, 0); /* no resolv.conf: /etc/hosts only */
     if (w->dns)
         evdns_base_load_hosts(w->dns, NULL);
+    {
+        char err[512];
+        if (!worker_load_tls(w, cfg, err, sizeof(err))) {
+            log_error("%s", err);
+            return false;
+        }
+    }
     w->reaper = event_new(w->base, -1, 0, worker_reap, w);
     w->janitor = event_new(w->base, -1, EV_PERSIST, worker_janitor, w);
     if (!w->dns || !w->reaper || !w->janitor || event_add(w->janitor, &tv) != 0)
@@ -155,6 +163,30 @@ static bool worker_add_listener(Worker *w, const struct sockaddr *sa, socklen_t 
                                 1024, sa, (int)len);
     if (!l) {
         log_error("could not listen on %s: %s", what, strerror(errno));
+        return false;
+    }
+    evconnlistener_set_error_cb(l, worker_on_accept_error);
+    nl = realloc(w->listeners, sizeof(*nl) * (size_t)(w->nlisteners + 1));
+    if (!nl) {
+        evconnlistener_free(l);
+        return false;
+    }
+    w->listeners = nl;
+    w->listeners[w->nlisteners++] = l;
+    log_info("listening on %s", what);
+    return true;
+}
+
+bool worker_adopt_listener(Worker *w, int fd, const char *what)
+{
+    struct evconnlistener *l;
+    struct evconnlistener **nl;
+
+    /* backlog -1: the socket is already listening (socket activation) */
+    l = evconnlistener_new(w->base, worker_on_accept, w,
+                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (!l) {
+        log_error("could not use %s: %s", what, strerror(errno));
         return false;
     }
     evconnlistener_set_error_cb(l, worker_on_accept_error);
@@ -266,4 +298,5 @@ void worker_free(Worker *w)
         event_base_free(w->base);
     pkt_free(&w->scratch);
     ps_registry_free(&w->prepared);
+    worker_free_tls(w);
 }
