@@ -397,6 +397,8 @@ class Bench:
             "max_overflow = 0\n"
             "max_client_conn = 1000\n"
             "log_level = warning\n"
+            "admin_port = 0\n"
+            "server_tls_sslmode = disable\n"
             "[databases]\n"
             f"* = host=127.0.0.1 port={self.ports['direct']}\n",
         )

@@ -327,6 +327,9 @@ Config *config_from_url(const char *url, const char *listen, char *err, size_t e
     if (!url_parse(url, &u, err, errlen) || !listen_apply(cfg, listen, err, errlen) ||
         !url_apply(cfg, &u, err, errlen))
         goto out_free;
+    /* The admin port sits next to the listen port, so two quick starts on
+     * different ports do not fight over one admin port. */
+    cfg->admin_port = cfg->listen_port < 65535 ? cfg->listen_port + 1 : 0;
     url_parts_free(&u);
     return cfg;
 

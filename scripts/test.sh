@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The test command: installs missing packages, builds, runs the whole ctest
+# suite (unit + integration against a real PostgreSQL and Redis), then builds
+# with ASan+UBSan and runs the whole suite again. Exits non-zero if anything
+# failed. Works from any directory.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+bash "$root/scripts/deps.sh" || exit 1
+
+status=0
+failed=()
+passed_total=0
+failed_total=0
+logdir=$(mktemp -d)
+trap 'rm -rf "$logdir"' EXIT
+
+# Add one ctest run's counts ("90% tests passed, 1 tests failed out of 10").
+count_results() {
+    local line nfail nall
+    line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1)
+    [ -n "$line" ] || return 0
+    nfail=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    nall=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+    passed_total=$((passed_total + nall - nfail))
+    failed_total=$((failed_total + nfail))
+}
+
+run_suite() { # run_suite NAME BUILD-DIR BUILD-FLAGS...
+    local name=$1 dir=$2
+    shift 2
+    echo "=== $name: build"
+    if ! bash "$root/scripts/build.sh" "$@"; then
+        failed+=("$name build")
+        failed_total=$((failed_total + 1))
+        status=1
+        return
+    fi
+    echo "=== $name: ctest"
+    if ! (cd "$root/$dir" && ctest --output-on-failure -j "$(nproc)") 2>&1 | tee "$logdir/$name.log"; then
+        failed+=("$name tests")
+        status=1
+    fi
+    count_results "$logdir/$name.log"
+}
+
+run_suite plain build
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run_suite sanitized build-asan --sanitize
+
+if [ $status -ne 0 ]; then
+    echo "=== FAILED: ${failed[*]}"
+else
+    echo "=== all test suites passed"
+fi
+echo "tests: $passed_total passed, $failed_total failed"
+exit $status
