@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 18
+#define NSETTINGS 36
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -172,6 +172,28 @@ static const BadCase bad_cases[] = {
      "max_packet_size must be an integer from 1024 to 1073741824, not \"1023\""},
     {"[pgcoalesce]\nmax_packet_size = 1073741825\n", NULL, "pgcoalesce.ini", 2,
      "not \"1073741825\""},
+    {"[pgcoalesce]\nauth_type = trust\nclient_tls_sslmode = require\n[databases]\n* = host=h\n",
+     NULL, "pgcoalesce.ini", 3,
+     "client_tls_sslmode require needs client_tls_cert_file and client_tls_key_file"},
+    {"[pgcoalesce]\nauth_type = trust\nserver_tls_sslmode = verify-ca\n[databases]\n* = host=h\n",
+     NULL, "pgcoalesce.ini", 3, "server_tls_sslmode verify-ca needs server_tls_ca_file"},
+    {"[pgcoalesce]\nauth_type = trust\nserver_tls_cert_file = c.pem\n[databases]\n* = host=h\n",
+     NULL, "pgcoalesce.ini", 3, "server_tls_cert_file and server_tls_key_file go together"},
+    {"[pgcoalesce]\nserver_tls_sslmode = verify\n", NULL, "pgcoalesce.ini", 2,
+     "server_tls_sslmode must be"},
+    {"[pgcoalesce]\nclient_tls_min_version = tlsv1.1\n", NULL, "pgcoalesce.ini", 2,
+     "client_tls_min_version must be"},
+    {"[pgcoalesce]\nadmin_port = 65536\n", NULL, "pgcoalesce.ini", 2,
+     "admin_port must be an integer from 0 to 65535, not \"65536\""},
+    {"[pgcoalesce]\nadmin_users = admin,,ops\n", NULL, "pgcoalesce.ini", 2,
+     "admin_users must be a comma-separated list of user names, or empty"},
+    {"[pgcoalesce]\nstats_users = metrics,\n", NULL, "pgcoalesce.ini", 2,
+     "stats_users must be a comma-separated list"},
+    {"[pgcoalesce]\nshutdown_timeout = -1\n", NULL, "pgcoalesce.ini", 2,
+     "shutdown_timeout must be a number of seconds from 0 to 2147483, not \"-1\""},
+    {"[pgcoalesce]\nsyslog = maybe\n", NULL, "pgcoalesce.ini", 2, "syslog must be on or off"},
+    {"[pgcoalesce]\nsyslog_ident =\n", NULL, "pgcoalesce.ini", 2,
+     "syslog_ident must be a name of 1 to 64 characters"},
     {"[pgcoalesce]\nlisten_addr = 127.0.0.1,::1\n", NULL, "pgcoalesce.ini", 2,
      "listen_addr must be one IP address or host name"},
     {"[pgcoalesce]\nlisten_addr = [::1]\n", NULL, "pgcoalesce.ini", 2, "(IPv6 without brackets)"},
@@ -436,6 +458,25 @@ static void test_full_config(void **state)
     assert_string_equal(cfg->listen_addr, "*");
     assert_int_equal(cfg->listen_port, 7432);
     assert_string_equal(cfg->unix_socket_dir, "/tmp/pgc");
+    assert_string_equal(cfg->admin_addr, "127.0.0.2");
+    assert_int_equal(cfg->admin_port, 7433);
+    assert_string_equal(cfg->admin_users, "admin, ops");
+    assert_string_equal(cfg->stats_users, "metrics");
+    assert_true(cfg->shutdown_timeout == 5.0);
+    assert_string_equal(cfg->pidfile, "/run/pgcoalesce/pgcoalesce.pid");
+    assert_string_equal(cfg->logfile, "/var/log/pgcoalesce/pgcoalesce.log");
+    assert_true(cfg->syslog);
+    assert_string_equal(cfg->syslog_ident, "pgc-test");
+    assert_int_equal(cfg->max_prepared_statements, 50);
+    assert_int_equal(cfg->client_tls_sslmode, CLIENT_TLS_REQUIRE);
+    assert_string_equal(cfg->client_tls_cert_file, "/etc/pgc/server.crt");
+    assert_string_equal(cfg->client_tls_key_file, "/etc/pgc/server.key");
+    assert_int_equal(cfg->client_tls_min_version, TLS_V1_3);
+    assert_int_equal(cfg->server_tls_sslmode, SERVER_TLS_VERIFY_FULL);
+    assert_string_equal(cfg->server_tls_ca_file, "/etc/pgc/ca.crt");
+    assert_string_equal(cfg->server_tls_cert_file, "/etc/pgc/client.crt");
+    assert_string_equal(cfg->server_tls_key_file, "/etc/pgc/client.key");
+    assert_int_equal(cfg->server_tls_min_version, TLS_V1_3);
     assert_int_equal(cfg->pool_mode, POOL_SESSION);
     assert_int_equal(cfg->auth_type, AUTH_MD5);
     assert_string_equal(cfg->auth_file, data_path(users, sizeof(users), "config/full_users.txt"));
@@ -462,7 +503,7 @@ static void test_full_config(void **state)
     assert_int_equal(db->pool_size, 20);
     assert_int_equal(db->max_overflow, 3);
     assert_int_equal(db->pool_mode, POOL_TRANSACTION);
-    assert_int_equal(db->line, 23);
+    assert_int_equal(db->line, 42);
     db = &cfg->dbs[1];
     assert_string_equal(db->name, "reports");
     assert_string_equal(db->host, "/var/run/postgresql");
@@ -471,7 +512,7 @@ static void test_full_config(void **state)
     assert_string_equal(db->user, "back\\slash");
     assert_null(db->password);
     assert_int_equal(db->pool_size, -1);
-    assert_int_equal(db->line, 24);
+    assert_int_equal(db->line, 43);
     db = &cfg->dbs[2];
     assert_string_equal(db->name, "*");
     assert_string_equal(db->host, "127.0.0.1");
@@ -869,6 +910,10 @@ static const struct {
     {"listen_addr", "127.0.0.1", false, "*"},
     {"listen_port", "6432", false, "7432"},
     {"unix_socket_dir", "", false, "/tmp/pgc"},
+    {"admin_addr", "127.0.0.1", false, "127.0.0.2"},
+    {"admin_port", "6433", false, "7433"},
+    {"admin_users", "", true, "admin, ops"},
+    {"stats_users", "", true, "metrics"},
     {"pool_mode", "transaction", true, "session"},
     {"auth_type", "scram-sha-256", true, "md5"},
     {"auth_file", "", true, NULL /* resolved path, checked apart */},
@@ -883,7 +928,21 @@ static const struct {
     {"server_connect_timeout", "15", true, "0.5"},
     {"max_packet_size", "268435456", true, "1048576"},
     {"max_prepared_statements", "200", true, "50"},
+    {"client_tls_sslmode", "disable", true, "require"},
+    {"client_tls_cert_file", "", true, "/etc/pgc/server.crt"},
+    {"client_tls_key_file", "", true, "/etc/pgc/server.key"},
+    {"client_tls_min_version", "tlsv1.2", true, "tlsv1.3"},
+    {"server_tls_sslmode", "prefer", true, "verify-full"},
+    {"server_tls_ca_file", "", true, "/etc/pgc/ca.crt"},
+    {"server_tls_cert_file", "", true, "/etc/pgc/client.crt"},
+    {"server_tls_key_file", "", true, "/etc/pgc/client.key"},
+    {"server_tls_min_version", "tlsv1.2", true, "tlsv1.3"},
+    {"shutdown_timeout", "30", true, "5"},
+    {"pidfile", "", false, "/run/pgcoalesce/pgcoalesce.pid"},
     {"log_level", "info", true, "debug"},
+    {"logfile", "", true, "/var/log/pgcoalesce/pgcoalesce.log"},
+    {"syslog", "off", true, "on"},
+    {"syslog_ident", "pgcoalesce", true, "pgc-test"},
 };
 
 static void test_config_item(void **state)
