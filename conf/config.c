@@ -973,9 +973,9 @@ int config_carry_fixed(Config *next, const Config *cur, char *changed, size_t le
             continue;
         setting_format(cur, s, a, sizeof(a));
         setting_format(next, s, b, sizeof(b));
-        if (strcmp(a, b) == 0 && (s->type != ST_STRING ||
-                                  strcmp(*(char **)setting_field(cur, s),
-                                         *(char **)setting_field(next, s)) == 0))
+        if (strcmp(a, b) == 0 &&
+            (s->type != ST_STRING ||
+             strcmp(*(char **)setting_field(cur, s), *(char **)setting_field(next, s)) == 0))
             continue;
         if (s->type == ST_STRING) {
             char *copy = strdup(*(char **)setting_field(cur, s));

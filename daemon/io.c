@@ -15,6 +15,36 @@
 #define IO_READS_PER_EVENT 4
 
 static void io_on_readable(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Send up to n bytes from the front of buf with one sendmsg() and drain what
+ * went out. Sockets only: sendmsg skips the VFS layer that write()/writev()
+ * go through, and MSG_NOSIGNAL spares a SIGPIPE. Returns bytes sent or -1.
+ */
+static ssize_t io_send_from(int fd, struct evbuffer *buf, size_t n)
+{
+    struct evbuffer_iovec v[16];
+    struct iovec iov[16];
+    struct msghdr msg;
+    int nv = evbuffer_peek(buf, (ev_ssize_t)n, NULL, v, 16);
+    size_t left = n;
+    ssize_t w;
+
+    if (nv > 16)
+        nv = 16;
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+        left -= iov[i].iov_len;
+    }
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)nv;
+    w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0)
+        evbuffer_drain(buf, (size_t)w);
+    return w;
+}
 static void io_on_writable(evutil_socket_t fd, short what, void *arg);
 
 bool io_init(Io *io, struct event_base *base, int fd, IoHandler handler, void *owner)
@@ -113,7 +143,7 @@ static void io_flush(Io *io)
         return;
     }
     if (evbuffer_get_length(io->out) > 0 && !io->connecting) {
-        int n = evbuffer_write(io->out, io->fd);
+        ssize_t n = io_send_from(io->fd, io->out, evbuffer_get_length(io->out));
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             io->err = errno;
             /* Reported from the write event, in this io's own callback. */
@@ -149,7 +179,7 @@ void io_forward(Io *io, struct evbuffer *src, size_t n)
         return;
     }
     if (evbuffer_get_length(io->out) == 0 && !io->connecting && !io->bev) {
-        int w = evbuffer_write_atmost(src, io->fd, (ev_ssize_t)n);
+        ssize_t w = io_send_from(io->fd, src, n);
         if (w > 0)
             n -= (size_t)w;
         if (n == 0)
@@ -183,7 +213,7 @@ static void io_on_readable(evutil_socket_t fd, short what, void *arg)
 
         if (evbuffer_reserve_space(io->in, IO_READ_CHUNK, &v, 1) < 1)
             break;
-        n = read(fd, v.iov_base, v.iov_len);
+        n = recv(fd, v.iov_base, v.iov_len, MSG_DONTWAIT);
         if (n > 0) {
             v.iov_len = (size_t)n;
             evbuffer_commit_space(io->in, &v, 1);

@@ -42,6 +42,11 @@ static inline ListNode *list_first(const List *l)
     return l->head.next == &l->head ? NULL : l->head.next;
 }
 
+static inline ListNode *list_last(const List *l)
+{
+    return l->head.prev == &l->head ? NULL : l->head.prev;
+}
+
 static inline ListNode *list_next(const List *l, const ListNode *n)
 {
     return n->next == &l->head ? NULL : n->next;

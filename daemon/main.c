@@ -1,6 +1,7 @@
-/* pgcoalesce: command line, signals, and the main loop. */
+/* pgcoalesce: command line, start-up and the main loop (signals: daemon/signals.c). */
 #include "conf/config.h"
 #include "daemon/log.h"
+#include "daemon/ops.h"
 #include "daemon/worker.h"
 
 #include <event2/event.h>
@@ -20,6 +21,8 @@ static void usage(FILE *out)
             "Usage:\n"
             "  pgcoalesce -c FILE            run with a config file (foreground, logs to "
             "stderr)\n"
+            "  pgcoalesce -d -c FILE         the same as a daemon in the background (needs\n"
+            "                                logfile or syslog; see pidfile)\n"
             "  pgcoalesce --check -c FILE    validate a config file and exit\n"
             "  pgcoalesce --upstream URL [--listen HOST:PORT]\n"
             "                                quick start in front of one PostgreSQL\n"
@@ -28,33 +31,28 @@ static void usage(FILE *out)
             PGC_VERSION);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    Worker *w = arg;
-    log_info("got signal %d, shutting down", (int)sig);
-    w->shutting_down = true;
-    event_base_loopexit(w->base, NULL);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
+        {"config", required_argument, NULL, 'c'},   {"check", no_argument, NULL, 'k'},
         {"upstream", required_argument, NULL, 'u'}, {"listen", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'V'},        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"daemon", no_argument, NULL, 'd'},         {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *upstream = NULL, *listen_at = NULL;
-    bool check = false;
+    bool check = false, daemonize = false;
     char err[1024];
     Config *cfg;
     Worker w;
-    struct event *sigterm, *sigint;
+    Ops *ops;
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:dhV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
+            break;
+        case 'd':
+            daemonize = true;
             break;
         case 'k':
             check = true;
@@ -103,27 +101,46 @@ int main(int argc, char **argv)
         return 0;
     }
     log_level = cfg->log_level;
+    if (!log_setup(cfg->logfile, cfg->syslog, cfg->syslog_ident, err, sizeof(err))) {
+        fprintf(stderr, "pgcoalesce: %s\n", err);
+        config_free(cfg);
+        return 1;
+    }
+    if (daemonize) {
+        if (!cfg->logfile[0] && !cfg->syslog) {
+            fprintf(stderr, "pgcoalesce: -d needs logfile or syslog = on in the config file; "
+                            "a daemon has no stderr\n");
+            config_free(cfg);
+            return 1;
+        }
+        if (!daemon_start(err, sizeof(err))) {
+            fprintf(stderr, "pgcoalesce: %s\n", err);
+            config_free(cfg);
+            return 1;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
     if (!worker_init(&w, cfg)) {
         log_error("could not set up the event loop");
         return 1;
     }
-    if (!worker_listen(&w)) {
+    ops = ops_new(&w, config_path, daemonize);
+    if (!ops || !ops_start(ops)) {
+        ops_free(ops);
         worker_free(&w);
         config_free(cfg);
         return 1;
     }
-    sigterm = evsignal_new(w.base, SIGTERM, on_signal, &w);
-    sigint = evsignal_new(w.base, SIGINT, on_signal, &w);
-    evsignal_add(sigterm, NULL);
-    evsignal_add(sigint, NULL);
     log_info("pgcoalesce %s started", PGC_VERSION);
+    daemon_ready(true);
     worker_run(&w);
-    event_free(sigterm);
-    event_free(sigint);
+    ops_free(ops);
+    /* A reload may have replaced the Config: free the one in use now. */
+    cfg = (Config *)w.cfg;
     worker_free(&w);
     config_free(cfg);
     log_info("pgcoalesce stopped");
+    log_shutdown();
     return 0;
 }

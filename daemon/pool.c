@@ -106,6 +106,7 @@ static void pool_link(Server *s, Client *c)
     s->pool->stats.wait_usec += usec;
     if (usec > s->pool->stats.max_wait_usec)
         s->pool->stats.max_wait_usec = usec;
+    stats_observe(s->pool->stats.wait_hist, usec);
     s->client = c;
     c->server = s;
     server_set_state(s, SV_ACTIVE);
@@ -138,8 +139,12 @@ static void pool_dispatch(Pool *p)
     double now = now_sec();
     bool pre_ping = p->w->cfg->pool_pre_ping;
 
+    if (pool_paused(p))
+        return; /* PAUSE or shutdown: clients wait; RESUME dispatches */
     while (p->waiting_clients.count > 0) {
-        Server *s = list_entry(list_first(&p->idle_servers), Server);
+        /* Most recently used first: a few warm backends serve a light load
+         * and the rest age out through pool_recycle. */
+        Server *s = list_entry(list_last(&p->idle_servers), Server);
         if (!s)
             break;
         if (pre_ping && server_socket_dead(s)) {
@@ -190,7 +195,7 @@ void pool_server_ready(Server *s)
         pool_dispatch(p);
         return;
     }
-    if (p->waiting_clients.count > 0) {
+    if (p->waiting_clients.count > 0 && !pool_paused(p)) {
         pool_link(s, list_entry(list_first(&p->waiting_clients), Client));
         return;
     }

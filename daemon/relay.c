@@ -273,6 +273,7 @@ void server_relay(Server *s)
             if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN + 1))
                 goto out;
             s->tx_status = (char)hdr[PROTO_HDR_LEN];
+            stats_query_end(s);
             s->skip_until_sync = false;
             if (head)
                 rq_pop(s);

@@ -69,9 +69,9 @@ typedef struct PoolStats {
     uint64_t recycled;      /* closed by pool_recycle */
     uint64_t ping_failures; /* pre-ping found a dead connection */
     uint64_t connect_failures;
-    uint64_t query_usec;                      /* total time of query_hist's queries */
-    uint64_t query_hist[STATS_HIST_BUCKETS];  /* request to ReadyForQuery */
-    uint64_t wait_hist[STATS_HIST_BUCKETS];   /* waits for a server, as wait_usec */
+    uint64_t query_usec;                     /* total time of query_hist's queries */
+    uint64_t query_hist[STATS_HIST_BUCKETS]; /* request to ReadyForQuery */
+    uint64_t wait_hist[STATS_HIST_BUCKETS];  /* waits for a server, as wait_usec */
 } PoolStats;
 
 struct Pool {
@@ -187,6 +187,7 @@ struct Server {
     struct sockaddr_storage addr; /* where it connected, for CancelRequest */
     socklen_t addrlen;
     struct evdns_getaddrinfo_request *dns_req;
+    enum { SV_TLS_NONE, SV_TLS_ASKED, SV_TLS_HANDSHAKE } tls_phase;
     char fail_sqlstate[6]; /* set when a failure waits for the janitor to report it */
     char fail_msg[256];
     double query_start; /* first client message not yet answered by ReadyForQuery; 0 = none */
@@ -208,6 +209,8 @@ struct Worker {
     int nclients; /* every client not yet freed, for max_client_conn */
     PktBuf scratch; /* reused for every message the proxy builds */
     PsRegistry prepared; /* every named statement any client prepared */
+    struct ssl_ctx_st *client_tls; /* NULL: client_tls_sslmode = disable */
+    struct ssl_ctx_st *server_tls; /* NULL: server_tls_sslmode = disable */
     bool shutting_down;
     struct Ops *ops; /* admin port, signals, reload, shutdown: daemon/ops.h */
 };
@@ -217,12 +220,22 @@ double now_sec(void);
 /* worker.c */
 bool worker_init(Worker *w, const Config *cfg) __attribute__((warn_unused_result));
 bool worker_listen(Worker *w) __attribute__((warn_unused_result));
+/* Accept clients on fd, a socket already listening (from systemd). */
+bool worker_adopt_listener(Worker *w, int fd, const char *what) __attribute__((warn_unused_result));
 void worker_run(Worker *w);
 void worker_free(Worker *w);
 void worker_schedule_reap(Worker *w);
 Pool *worker_find_pool(Worker *w, const char *db, const char *user, const char **err);
 /* Begin a fresh scratch message buffer. */
 PktBuf *worker_pkt(Worker *w);
+
+/* tls.c */
+/* (Re)build the TLS contexts from cfg; on error keeps the old ones. */
+bool worker_load_tls(Worker *w, const Config *cfg, char *err, size_t len)
+    __attribute__((warn_unused_result));
+void worker_free_tls(Worker *w);
+struct ssl_st *tls_new_server_conn(Worker *w, const char *host, ServerTlsMode mode);
+struct ssl_st *tls_new_client_conn(Worker *w);
 
 /* client.c */
 void client_accept(Worker *w, int fd, const struct sockaddr *sa, int salen);

@@ -15,7 +15,8 @@ REQUIRED=(
     valgrind systemd
 )
 # Installed when this Debian release has them (checked with apt-cache policy).
-OPTIONAL=(postgresql-contrib)
+# prometheus brings promtool, which the admin-port tests use to check /metrics.
+OPTIONAL=(postgresql-contrib prometheus)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]

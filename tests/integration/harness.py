@@ -359,6 +359,117 @@ class Postgres:
         return self.query("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,),
                           dbname="postgres")[0][0]
 
+    # -- TLS (ssl is reloadable: no restart) --
+
+    def set_ssl(self, on, cert_file=None, key_file=None, timeout=30):
+        """Turn PostgreSQL's ssl on (with this certificate and key, copied into
+        the cluster's dir as postgres with the key 0600) or off, by ALTER SYSTEM
+        and a reload; returns once new connections see the change."""
+        settings = {"ssl": "on" if on else "off"}
+        if on:
+            ssl_dir = os.path.join(self.dir, "ssl")
+            if not os.path.isdir(ssl_dir):
+                os.mkdir(ssl_dir, 0o700)
+                _chown_postgres(ssl_dir)
+            self._ssl_generation = getattr(self, "_ssl_generation", 0) + 1
+            for kind, src in (("crt", cert_file), ("key", key_file)):
+                dst = os.path.join(ssl_dir, "server%d.%s" % (self._ssl_generation, kind))
+                shutil.copyfile(src, dst)
+                os.chmod(dst, 0o600 if kind == "key" else 0o644)
+                _chown_postgres(dst)
+                settings["ssl_cert_file" if kind == "crt" else "ssl_key_file"] = dst
+        c = self.connect(dbname="postgres")
+        try:
+            with c.cursor() as cur:
+                for k, v in settings.items():
+                    cur.execute("ALTER SYSTEM SET %s = %%s" % k, (v,))
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            c.close()
+
+        def applied():
+            # A new backend forks from a postmaster that has reloaded (and
+            # re-read its certificate) when it shows the new values.
+            c = self.connect(dbname="postgres")
+            try:
+                with c.cursor() as cur:
+                    for k, v in settings.items():
+                        cur.execute("SELECT current_setting(%s)", (k,))
+                        if cur.fetchone()[0] != v:
+                            return False
+                return True
+            finally:
+                c.close()
+
+        wait_until(applied, timeout=timeout, message="PostgreSQL ssl settings %r" % settings)
+
+
+# ---------------------------------------------------------------- TLS material
+
+
+class TlsFiles:
+    """A throwaway PKI made with the openssl command line, in one temp dir:
+
+    ca_cert/ca_key            the test CA
+    server_cert/server_key    signed by it, CN=localhost,
+                              subjectAltName=DNS:localhost,IP:127.0.0.1
+    wrongname_cert/_key       signed by the same CA for CN/SAN otherhost.invalid
+    other_ca_cert/_key        a second, unrelated CA
+    other_server_cert/_key    signed by the unrelated CA, same names as server_cert
+    """
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="pgc-tls-")
+        try:
+            self._make()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _openssl(self, *args):
+        r = subprocess.run(["openssl"] + list(args), cwd=self.dir, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s failed:\n%s"
+                               % (" ".join(args), r.stdout.decode(errors="replace")))
+
+    def _ca(self, name, cn):
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", name + ".key", "-out", name + ".crt", "-days", "3",
+                      "-subj", "/CN=" + cn,
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        return self.path(name + ".crt"), self.path(name + ".key")
+
+    def _leaf(self, name, cn, san, ca):
+        self._openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn)
+        with open(self.path(name + ".ext"), "w") as f:
+            f.write("subjectAltName=%s\nbasicConstraints=CA:FALSE\n"
+                    "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n" % san)
+        self._openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".crt", "-CAkey",
+                      ca + ".key", "-CAcreateserial", "-out", name + ".crt", "-days", "3",
+                      "-extfile", name + ".ext")
+        os.chmod(self.path(name + ".key"), 0o600)
+        return self.path(name + ".crt"), self.path(name + ".key")
+
+    def _make(self):
+        self.ca_cert, self.ca_key = self._ca("ca", "pgcoalesce test CA")
+        self.other_ca_cert, self.other_ca_key = self._ca("other_ca", "unrelated test CA")
+        self.server_cert, self.server_key = self._leaf(
+            "server", "localhost", "DNS:localhost,IP:127.0.0.1", "ca")
+        self.wrongname_cert, self.wrongname_key = self._leaf(
+            "wrongname", "otherhost.invalid", "DNS:otherhost.invalid", "ca")
+        self.other_server_cert, self.other_server_key = self._leaf(
+            "other_server", "localhost", "DNS:localhost,IP:127.0.0.1", "other_ca")
+
+    def cleanup(self):
+        _rmtree(self.dir)
+
 
 # ---------------------------------------------------------------- Redis
 

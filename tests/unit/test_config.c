@@ -1030,6 +1030,39 @@ static void test_config_item_round_trip(void **state)
     config_free(b);
 }
 
+/* ---- reload: settings that take a restart keep their running values ------------------- */
+
+static void test_carry_fixed(void **state)
+{
+    char err[512] = "", changed[256];
+    Config *cur = load_text("[pgcoalesce]\nauth_type = trust\nlisten_port = 7000\n"
+                            "admin_port = 7001\npidfile = /run/a.pid\npool_size = 3\n"
+                            "[databases]\n* = host=h\n",
+                            err, sizeof(err));
+    Config *same = load_text("[pgcoalesce]\nauth_type = trust\nlisten_port = 7000\n"
+                             "admin_port = 7001\npidfile = /run/a.pid\npool_size = 9\n"
+                             "[databases]\n* = host=h\n",
+                             err, sizeof(err));
+    Config *next = load_text("[pgcoalesce]\nauth_type = trust\nlisten_port = 7100\n"
+                             "admin_port = 7001\npidfile = /run/b.pid\npool_size = 4\n"
+                             "[databases]\n* = host=h\n",
+                             err, sizeof(err));
+
+    if (!cur || !same || !next)
+        fail_msg("%s", err);
+    assert_int_equal(config_carry_fixed(same, cur, changed, sizeof(changed)), 0);
+    assert_string_equal(changed, "");
+    assert_int_equal(same->pool_size, 9);
+    assert_int_equal(config_carry_fixed(next, cur, changed, sizeof(changed)), 2);
+    assert_string_equal(changed, "listen_port, pidfile");
+    assert_int_equal(next->listen_port, 7000);
+    assert_string_equal(next->pidfile, "/run/a.pid");
+    assert_int_equal(next->pool_size, 4); /* reloadable: the new value stays */
+    config_free(cur);
+    config_free(same);
+    config_free(next);
+}
+
 /* ---- the example config and the docs ------------------------------------------------- */
 
 static void test_example_config_loads(void **state)
@@ -1168,6 +1201,7 @@ int main(void)
         cmocka_unit_test(test_config_item),
         cmocka_unit_test(test_config_item_defaults_match),
         cmocka_unit_test(test_config_item_round_trip),
+        cmocka_unit_test(test_carry_fixed),
         cmocka_unit_test(test_example_config_loads),
         cmocka_unit_test(test_example_documents_every_setting),
         cmocka_unit_test(test_docs_list_every_setting),
