@@ -38,6 +38,22 @@ WORKLOADS = {
     "tpcb": ([], "TPC-B-like"),
 }
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Workloads whose transactions span several statements (BEGIN ... COMMIT).
+MULTI_STATEMENT = ("tpcb",)
+
+
+def pgbench_jobs(args, workload, clients):
+    """pgbench -j for one run. With -M prepared, pgbench 15 prepares each
+    client's statements with a synchronous PQprepare that blocks the client's
+    whole thread; behind a transaction pooler with fewer server connections
+    than clients, that thread can wait for a server held by another of its own
+    clients in the middle of a BEGIN ... COMMIT, which never gets to send its
+    next command: a deadlock that only pool_timeout ends. So multi-statement
+    workloads get one thread per client in prepared mode (on every target,
+    direct included, so that they stay comparable)."""
+    if args.mode == "prepared" and workload in MULTI_STATEMENT:
+        return clients
+    return min(args.jobs, clients)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -439,7 +455,7 @@ class Bench:
         a = self.args
         port = self.ports[target]
         argv = [self.pgbench, "-h", "127.0.0.1", "-p", str(port), "-U", BENCH_USER,
-                "-n", "-M", a.mode, "-c", str(clients), "-j", str(min(a.jobs, clients)),
+                "-n", "-M", a.mode, "-c", str(clients), "-j", str(pgbench_jobs(a, workload, clients)),
                 "-T", str(seconds)]
         argv += WORKLOADS[workload][0] + [BENCH_DB]
         proxy = self.procs.get(target)
@@ -749,6 +765,12 @@ def main(argv):
         f"- pgbench -M {a.mode} -j {a.jobs} -T {a.seconds} -n, scale {a.scale}, "
         f"{a.reps} repetition(s) per cell, targets alternated (order rotated each repetition); "
         "medians shown, ratios are medians of per-repetition ratios",
+    ] + ([
+        "- -M prepared: multi-statement workloads (TPC-B) run with -j equal to -c on every "
+        "target (pgbench's synchronous PQprepare would block a thread shared by several "
+        "clients against a pool smaller than the client count); PgBouncer 1.18 cannot run "
+        "-M prepared in transaction mode at all (no protocol-level prepared statements)"
+    ] if a.mode == "prepared" else []) + [
         f"- proxies: pool_mode=transaction, pool size {a.pool_size} "
         f"(PgBouncer default_pool_size, pgcoalesce pool_size, max_overflow 0)",
         f"- PostgreSQL {getattr(b, 'pg_version', '?')}, shared_buffers 256MB, "

@@ -643,31 +643,64 @@ static bool client_discard(Client *c)
     return !c->discarding;
 }
 
-/* Does a Query's text start with DISCARD ALL or DEALLOCATE [PREPARE] ALL? */
-static bool query_drops_statements(const uint8_t *p, size_t n)
-{
-    static const char *const forms[] = {"discard all", "deallocate all", "deallocate prepare all"};
-    char text[32];
-    size_t i = 0, j = 0;
+/* What a simple Query does to session state the proxy tracks. */
+typedef enum {
+    QK_OTHER,
+    QK_DROPS_STATEMENTS, /* DEALLOCATE [PREPARE] ALL */
+    QK_DISCARD_ALL,      /* drops statements and resets parameters */
+    QK_RESET_ALL,
+    QK_RESET_ONE,        /* RESET name */
+    QK_DEALLOCATE_ONE,   /* DEALLOCATE [PREPARE] name */
+} QueryKind;
 
-    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+/*
+ * Classify a Query body (at most its first bytes; the whole statement must
+ * fit for the single-name forms). name receives the lower-cased name for
+ * QK_RESET_ONE and QK_DEALLOCATE_ONE.
+ */
+static QueryKind query_kind(const uint8_t *p, size_t n, bool whole, char *name, size_t namecap)
+{
+    char words[4][64];
+    int nw = 0;
+    size_t i = 0;
+
+    while (nw < 4) {
+        size_t j = 0;
+        while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+            i++;
+        if (i >= n || p[i] == 0 || p[i] == ';')
+            break;
+        while (i < n && p[i] && p[i] != ' ' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r' &&
+               p[i] != ';') {
+            if (j < sizeof(words[0]) - 1)
+                words[nw][j++] = (char)tolower(p[i]);
+            i++;
+        }
+        words[nw++][j] = 0;
+    }
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r' || p[i] == ';'))
         i++;
-    for (; i < n && j < sizeof(text) - 1 && p[i]; i++) {
-        char ch = (char)tolower(p[i]);
-        if (ch == '\t' || ch == '\n' || ch == '\r')
-            ch = ' ';
-        if (ch == ' ' && j > 0 && text[j - 1] == ' ')
-            continue;
-        text[j++] = ch;
+    /* Anything after the words (a second statement, more words) is not ours. */
+    if (!whole || (i < n && p[i] != 0) || nw == 0)
+        return QK_OTHER;
+    if (nw == 2 && strcmp(words[0], "discard") == 0 && strcmp(words[1], "all") == 0)
+        return QK_DISCARD_ALL;
+    if (nw == 2 && strcmp(words[0], "reset") == 0) {
+        if (strcmp(words[1], "all") == 0)
+            return QK_RESET_ALL;
+        snprintf(name, namecap, "%s", words[1]);
+        return name[0] == '"' ? QK_OTHER : QK_RESET_ONE;
     }
-    text[j] = 0;
-    for (size_t k = 0; k < sizeof(forms) / sizeof(forms[0]); k++) {
-        size_t fl = strlen(forms[k]);
-        if (strncmp(text, forms[k], fl) == 0 &&
-            (text[fl] == 0 || text[fl] == ';' || text[fl] == ' '))
-            return true;
+    if (strcmp(words[0], "deallocate") == 0 && (nw == 2 || nw == 3)) {
+        const char *w = words[nw - 1];
+        if (nw == 3 && strcmp(words[1], "prepare") != 0)
+            return QK_OTHER;
+        if (strcmp(w, "all") == 0)
+            return QK_DROPS_STATEMENTS;
+        snprintf(name, namecap, "%s", w);
+        return name[0] == '"' ? QK_OTHER : QK_DEALLOCATE_ONE;
     }
-    return false;
+    return QK_OTHER;
 }
 
 /* From the first bytes of a Parse/Bind/Describe/Close body: does it name a
@@ -719,6 +752,21 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
         return false;
     }
     s->dirty = true;
+    if (type == 'P' && (ps = client_stmts_get(&c->stmts, name)) != NULL) {
+        /* PostgreSQL refuses to redefine a name (42P05) and skips to Sync.
+         * Make the server do the same: prepare the existing pgc_N again. */
+        if (!server_ensure_prepared(s, ps, NULL))
+            return false;
+        b = worker_pkt(c->w);
+        pkt_begin(b, 'P');
+        pkt_put_str(b, ps->server_name);
+        pkt_put_bytes(b, ps->body, ps->body_len);
+        pkt_end(b);
+        ok = rq_push(s, RQ_PARSE_DUP, NULL, name);
+        if (ok)
+            server_send(s, b);
+        goto done;
+    }
     if (type == 'P') {
         ps = ps_intern(reg, r.p + r.pos, mr_remaining(&r));
         ok = ps && client_stmts_put(&c->stmts, reg, name, ps) &&
@@ -765,6 +813,105 @@ oom:
     return false;
 }
 
+/*
+ * Queue a simple Query, noting what it does to tracked session state.
+ * Returns false on OOM.
+ */
+static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
+{
+    uint8_t text[128];
+    char name[64];
+    IoCursor at_body = *cur;
+    size_t n = len < sizeof(text) ? len : sizeof(text);
+    QueryKind kind = QK_OTHER;
+    bool tx_mode = c->pool->mode == POOL_TRANSACTION;
+
+    io_cursor_skip(&at_body, PROTO_HDR_LEN);
+    /* Only short texts can be one of these statements; skip the peek otherwise. */
+    if (len <= sizeof(text) && io_cursor_peek(&at_body, text, n))
+        kind = query_kind(text, n, true, name, sizeof(name));
+    switch (kind) {
+    case QK_DROPS_STATEMENTS:
+        if (tx_mode)
+            client_stmts_clear(&c->stmts, &c->w->prepared);
+        break;
+    case QK_DISCARD_ALL:
+        if (tx_mode)
+            client_stmts_clear(&c->stmts, &c->w->prepared);
+        if (!rq_push(s, RQ_QUERY, NULL, NULL))
+            return false;
+        rq_tail(s)->flags = RQ_RESET_ALL;
+        return true;
+    case QK_RESET_ALL:
+        if (!rq_push(s, RQ_QUERY, NULL, NULL))
+            return false;
+        rq_tail(s)->flags = RQ_RESET_ALL;
+        return true;
+    case QK_RESET_ONE:
+        if (!rq_push(s, RQ_QUERY, NULL, name))
+            return false;
+        rq_tail(s)->flags = RQ_RESET_ONE;
+        return true;
+    case QK_DEALLOCATE_ONE:
+    case QK_OTHER:
+        break;
+    }
+    return rq_push(s, RQ_QUERY, NULL, NULL);
+}
+
+/*
+ * An unnamed Parse of "DEALLOCATE name" for one of the client's statements
+ * (psycopg 3 evicts this way). The backend's statement is shared, so the
+ * text becomes DEALLOCATE pgc_N, the backend's copy is forgotten (other
+ * clients get it prepared again when they need it) and the client's name
+ * goes. Returns true when the message was consumed; *fwd is flushed first.
+ */
+static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text, size_t n,
+                                      uint32_t len, size_t *fwd)
+{
+    char name[64], sql[PS_SERVER_NAME_LEN + 16];
+    const uint8_t *end = memchr(text, 0, n), *msg;
+    PreparedStmt *ps;
+    PktBuf *b;
+    size_t textlen;
+
+    if (!end || query_kind(text, (size_t)(end - text), true, name, sizeof(name)) !=
+                    QK_DEALLOCATE_ONE)
+        return false;
+    ps = client_stmts_get(&c->stmts, name);
+    if (!ps || evbuffer_get_length(c->io.in) < *fwd + PROTO_HDR_LEN + len)
+        return false;
+    io_forward(&s->io, c->io.in, *fwd);
+    s->pool->stats.bytes_in += *fwd + PROTO_HDR_LEN + len;
+    *fwd = 0;
+    ps_ref(ps);
+    client_stmts_del(&c->stmts, &c->w->prepared, name, NULL);
+    if (!server_ensure_prepared(s, ps, NULL)) {
+        ps_unref(&c->w->prepared, ps);
+        return true;
+    }
+    msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
+    textlen = (size_t)(end - text);
+    snprintf(sql, sizeof(sql), "DEALLOCATE %s", ps->server_name);
+    b = worker_pkt(c->w);
+    pkt_begin(b, 'P');
+    pkt_put_str(b, "");
+    pkt_put_str(b, sql);
+    /* parameter types, as the client sent them */
+    pkt_put_bytes(b, msg + PROTO_HDR_LEN + 1 + textlen + 1, len - 1 - textlen - 1);
+    pkt_end(b);
+    evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+    server_stmts_del(&s->stmts, &c->w->prepared, ps);
+    ps_unref(&c->w->prepared, ps);
+    s->dirty = true;
+    if (!rq_push(s, RQ_PARSE, NULL, NULL)) {
+        client_error_close(c, "53200", "out of memory");
+        return true;
+    }
+    server_send(s, b);
+    return true;
+}
+
 /* Account one message about to be forwarded as is. Returns false on OOM. */
 static bool client_note_message(Client *c, Server *s, char type, IoCursor *cur, uint32_t len)
 {
@@ -773,15 +920,7 @@ static bool client_note_message(Client *c, Server *s, char type, IoCursor *cur, 
     switch (type) {
     case 'Q':
         st->query_count++;
-        if (c->pool->mode == POOL_TRANSACTION && c->stmts.count > 0) {
-            uint8_t text[40];
-            IoCursor at_body = *cur;
-            size_t n = len < sizeof(text) ? len : sizeof(text);
-            io_cursor_skip(&at_body, PROTO_HDR_LEN);
-            if (io_cursor_peek(&at_body, text, n) && query_drops_statements(text, n))
-                client_stmts_clear(&c->stmts, &c->w->prepared);
-        }
-        return rq_push(s, RQ_QUERY, NULL, NULL);
+        return client_note_query(c, s, cur, len);
     case 'F':
         st->query_count++;
         return rq_push(s, RQ_QUERY, NULL, NULL);
@@ -883,6 +1022,31 @@ static void client_process(Client *c)
             return;
         }
         stats_query_begin(s);
+        if (tx_mode && type == 'Q' && c->stmts.count > 0 && len <= 128) {
+            /* DEALLOCATE of the client's own statement: the server-side one
+             * is shared, so only the client's name goes. */
+            uint8_t text[128];
+            char name[64];
+            IoCursor at_body = cur;
+            if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                break;
+            io_cursor_skip(&at_body, PROTO_HDR_LEN);
+            io_cursor_peek(&at_body, text, len);
+            if (query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
+                client_stmts_get(&c->stmts, name)) {
+                s->pool->stats.bytes_in += fwd + PROTO_HDR_LEN + len;
+                io_forward(&s->io, c->io.in, fwd);
+                fwd = 0;
+                evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+                client_stmts_del(&c->stmts, &c->w->prepared, name, NULL);
+                if (!rq_push(s, RQ_FAKE_DEALLOCATE, NULL, NULL)) {
+                    client_error_close(c, "53200", "out of memory");
+                    return;
+                }
+                io_cursor_init(&cur, c->io.in);
+                continue;
+            }
+        }
         if (tx_mode && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
             uint8_t head[256];
             IoCursor at_body = cur;
@@ -890,6 +1054,13 @@ static void client_process(Client *c)
             io_cursor_skip(&at_body, PROTO_HDR_LEN);
             if (!io_cursor_peek(&at_body, head, n))
                 break; /* wait for the names */
+            if (type == 'P' && n > 1 && head[0] == 0 && c->stmts.count > 0 &&
+                client_unnamed_deallocate(c, s, head + 1, n - 1, len, &fwd)) {
+                if (c->state == CL_CLOSING || c->state == CL_LINGER)
+                    return;
+                io_cursor_init(&cur, c->io.in);
+                continue;
+            }
             if (message_names_statement(type, head, n)) {
                 if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                     break; /* wait for the whole message */

@@ -113,76 +113,118 @@ bool params_read_only(const char *name)
     return false;
 }
 
-/* Append s to the growing string, doubling quote characters q. */
-static bool append_quoted(char **buf, size_t *len, size_t *cap, const char *s, char q)
+/* A growing string; ok turns false on allocation failure and stays so. */
+typedef struct Sb {
+    char *buf;
+    size_t len;
+    size_t cap;
+    bool ok;
+} Sb;
+
+static void sb_reserve(Sb *sb, size_t more)
 {
-    size_t need = *len + 2 * strlen(s) + 4;
-    if (need > *cap) {
-        size_t ncap = need * 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return false;
-        *buf = nb;
-        *cap = ncap;
+    if (!sb->ok || sb->len + more + 1 <= sb->cap)
+        return;
+    size_t ncap = (sb->len + more + 1) * 2;
+    char *nb = realloc(sb->buf, ncap);
+    if (!nb) {
+        sb->ok = false;
+        return;
     }
-    (*buf)[(*len)++] = q;
-    for (; *s; s++) {
-        if (*s == q)
-            (*buf)[(*len)++] = q;
-        (*buf)[(*len)++] = *s;
-    }
-    (*buf)[(*len)++] = q;
-    (*buf)[*len] = 0;
-    return true;
+    sb->buf = nb;
+    sb->cap = ncap;
 }
 
-static bool append_raw(char **buf, size_t *len, size_t *cap, const char *s)
+static void sb_add(Sb *sb, const char *s)
 {
     size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t ncap = (*len + n + 1) * 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return false;
-        *buf = nb;
-        *cap = ncap;
+    sb_reserve(sb, n);
+    if (!sb->ok)
+        return;
+    memcpy(sb->buf + sb->len, s, n + 1);
+    sb->len += n;
+}
+
+/* An E'' literal: backslashes and quotes escaped, so that the meaning does
+ * not depend on standard_conforming_strings. */
+static void sb_add_literal(Sb *sb, const char *s)
+{
+    sb_reserve(sb, 2 * strlen(s) + 3);
+    if (!sb->ok)
+        return;
+    sb->buf[sb->len++] = 'E';
+    sb->buf[sb->len++] = '\'';
+    for (; *s; s++) {
+        if (*s == '\'' || *s == '\\')
+            sb->buf[sb->len++] = *s;
+        sb->buf[sb->len++] = *s;
     }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
-    return true;
+    sb->buf[sb->len++] = '\'';
+    sb->buf[sb->len] = 0;
+}
+
+/* A quoted identifier, doubling quotes. */
+static void sb_add_ident(Sb *sb, const char *s)
+{
+    sb_reserve(sb, 2 * strlen(s) + 2);
+    if (!sb->ok)
+        return;
+    sb->buf[sb->len++] = '"';
+    for (; *s; s++) {
+        if (*s == '"')
+            sb->buf[sb->len++] = '"';
+        sb->buf[sb->len++] = *s;
+    }
+    sb->buf[sb->len++] = '"';
+    sb->buf[sb->len] = 0;
 }
 
 int params_sync_sql(const ParamSet *have, const ParamSet *want, char **sql)
 {
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
+    Sb sb = {NULL, 0, 0, true};
     int count = 0;
-    bool ok = true;
 
-    for (int i = 0; i < want->n && ok; i++) {
+    /* set_config() takes the value as the setting's own text, so lists such
+     * as search_path keep their meaning (SET x TO 'a,b' would make one name). */
+    for (int i = 0; i < want->n; i++) {
         const Param *p = &want->v[i];
         const char *cur = params_get(have, p->name);
         if (params_read_only(p->name) || (cur && strcmp(cur, p->value) == 0))
             continue;
-        /* E'' would depend on standard_conforming_strings; doubled quotes do not. */
-        ok = append_raw(&buf, &len, &cap, "SET ") &&
-             append_quoted(&buf, &len, &cap, p->name, '"') &&
-             append_raw(&buf, &len, &cap, " TO ") &&
-             append_quoted(&buf, &len, &cap, p->value, '\'') && append_raw(&buf, &len, &cap, ";");
+        sb_add(&sb, count == 0 ? "SELECT set_config(" : ", set_config(");
+        sb_add_literal(&sb, p->name);
+        sb_add(&sb, ", ");
+        sb_add_literal(&sb, p->value);
+        sb_add(&sb, ", false)");
         count++;
     }
-    for (int i = 0; i < have->n && ok; i++) {
+    if (count > 0)
+        sb_add(&sb, ";");
+    for (int i = 0; i < have->n; i++) {
         const Param *p = &have->v[i];
         if (params_read_only(p->name) || params_get(want, p->name))
             continue;
-        ok = append_raw(&buf, &len, &cap, "RESET ") &&
-             append_quoted(&buf, &len, &cap, p->name, '"') && append_raw(&buf, &len, &cap, ";");
+        sb_add(&sb, "RESET ");
+        sb_add_ident(&sb, p->name);
+        sb_add(&sb, ";");
         count++;
     }
-    if (!ok) {
-        free(buf);
+    if (!sb.ok) {
+        free(sb.buf);
         return -1;
     }
-    *sql = buf;
+    *sql = sb.buf;
     return count;
+}
+
+void params_remove(ParamSet *ps, const char *name)
+{
+    Param *p = params_find(ps, name);
+
+    if (!p)
+        return;
+    ps->digest -= param_digest(p->name, p->value);
+    free(p->name);
+    free(p->value);
+    *p = ps->v[--ps->n];
 }

@@ -35,11 +35,12 @@ static inline bool params_same(const ParamSet *a, const ParamSet *b)
 }
 /* Make dst an exact copy of src. */
 bool params_assign(ParamSet *dst, const ParamSet *src) __attribute__((warn_unused_result));
+void params_remove(ParamSet *ps, const char *name);
 /* True for parameters a client may not SET (server_version, is_superuser, ...). */
 bool params_read_only(const char *name);
 /*
  * Write into sql the statements that move a server from have to want:
- * SET for values that differ, RESET for settings want does not carry.
+ * set_config() for values that differ, RESET for settings want does not carry.
  * Returns the number of statements written (0: nothing to do), -1 on
  * allocation failure. *sql is malloc'ed when the result is > 0.
  */

@@ -32,6 +32,7 @@ bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
     }
     it = &s->rq[(s->rq_head + s->rq_len) % s->rq_cap];
     it->kind = kind;
+    it->flags = 0;
     it->ps = ps;
     it->client_name = NULL;
     if (client_name) {
@@ -45,15 +46,21 @@ bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
     return true;
 }
 
-static void rq_pop(Server *s)
+/* Drop the head item, leaving its strings and reference to the caller's copy. */
+static void rq_pop_keep(Server *s)
 {
     RqItem *it = &s->rq[s->rq_head];
 
     if (it->ps)
         ps_unref(&s->w->prepared, it->ps);
-    free(it->client_name);
     s->rq_head = (s->rq_head + 1) % s->rq_cap;
     s->rq_len--;
+}
+
+static void rq_pop(Server *s)
+{
+    free(s->rq[s->rq_head].client_name);
+    rq_pop_keep(s);
 }
 
 void rq_clear(Server *s)
@@ -96,7 +103,11 @@ static bool server_internal_input(Server *s)
         }
         switch (type) {
         case 'S':
+            /* The client hears the values the proxy set for it: after a
+             * RESET it was last told the backend's defaults. */
             server_note_param(s, body, len);
+            if (s->client)
+                io_send(&s->client->io, body - PROTO_HDR_LEN, PROTO_HDR_LEN + len);
             break;
         case 'E':
             s->internal_error = true;
@@ -159,7 +170,7 @@ void server_idle_input(Server *s)
 }
 
 /* May the server go back to the pool after this ReadyForQuery? */
-static bool server_releasable(const Server *s)
+bool server_releasable(const Server *s)
 {
     return s->pool->mode == POOL_TRANSACTION && s->tx_status == 'I' && s->rq_len == 0 &&
            !s->dirty && !s->copy_in;
@@ -167,7 +178,7 @@ static bool server_releasable(const Server *s)
 
 /* After the transaction ended: unlink, let the client carry on with what it
  * already sent, and give the server back. */
-static void server_end_of_transaction(Server *s)
+void server_end_of_transaction(Server *s)
 {
     Client *c = s->client;
 
@@ -195,15 +206,21 @@ static bool rq_settle(Server *s, size_t *fwd)
             rq_pop_failed(s);
             continue;
         }
-        if (it->kind != RQ_FAKE_PARSE && it->kind != RQ_FAKE_CLOSE)
+        if (it->kind != RQ_FAKE_PARSE && it->kind != RQ_FAKE_CLOSE &&
+            it->kind != RQ_FAKE_DEALLOCATE)
             break;
         if (*fwd > 0) {
             io_forward(&s->client->io, s->io.in, *fwd);
             *fwd = 0;
         }
         b = worker_pkt(s->w);
-        pkt_begin(b, it->kind == RQ_FAKE_PARSE ? '1' : '3');
-        pkt_end(b);
+        if (it->kind == RQ_FAKE_DEALLOCATE) {
+            pkt_command_complete(b, "DEALLOCATE");
+            pkt_ready(b, s->tx_status);
+        } else {
+            pkt_begin(b, it->kind == RQ_FAKE_PARSE ? '1' : '3');
+            pkt_end(b);
+        }
         io_send(&s->client->io, b->data, b->len);
         rq_pop(s);
         moved = true;
@@ -215,8 +232,48 @@ void server_settle(Server *s)
 {
     size_t fwd = 0;
 
-    if (s->client && s->pkt_left == 0 && s->rq_len > 0)
-        rq_settle(s, &fwd);
+    if (!s->client || s->pkt_left != 0 || s->rq_len == 0)
+        return;
+    /* A transaction answered wholly by the proxy (DEALLOCATE of the
+     * client's own statement) ends here, as a real ReadyForQuery would. */
+    if (rq_settle(s, &fwd) && server_releasable(s))
+        server_end_of_transaction(s);
+}
+
+/*
+ * A client's RESET or DISCARD ALL finished. The backend now has its own
+ * defaults, not the client's startup values: forget what the proxy had set
+ * there, bring the client's expectations back to its startup values, and
+ * re-apply them at once if the server stays with this client.
+ */
+static void server_after_reset(Server *s, Client *c, const RqItem *it)
+{
+    Pool *p = s->pool;
+    const char *v;
+    bool ok = true;
+
+    if (it->flags & RQ_RESET_ALL) {
+        for (int i = s->params.n - 1; i >= 0; i--)
+            if (!params_get(&p->welcome, s->params.v[i].name))
+                params_remove(&s->params, s->params.v[i].name);
+        ok = params_assign(&c->params, &p->welcome) && params_copy(&c->params, &c->startup);
+    } else if (it->client_name) {
+        if (!params_get(&p->welcome, it->client_name))
+            params_remove(&s->params, it->client_name);
+        v = params_get(&c->startup, it->client_name);
+        if (!v)
+            v = params_get(&p->welcome, it->client_name);
+        if (v)
+            ok = params_set(&c->params, it->client_name, v);
+        else
+            params_remove(&c->params, it->client_name);
+    }
+    if (!ok) {
+        server_close(s, "out of memory");
+        return;
+    }
+    if (!server_releasable(s))
+        server_sync_params(s, c);
 }
 
 /* Is the CommandComplete tag one after which the backend has no prepared statements? */
@@ -261,6 +318,18 @@ void server_relay(Server *s)
             io_cursor_init(&cur, s->io.in);
             io_cursor_skip(&cur, fwd);
         }
+        if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL) {
+            /* The proxy's own query queued behind the client's (a re-sync
+             * after RESET): its answers are swallowed. */
+            if (fwd > 0) {
+                io_forward(&c->io, s->io.in, fwd);
+                fwd = 0;
+            }
+            if (!server_internal_input(s) || s->client != c)
+                return;
+            io_cursor_init(&cur, s->io.in);
+            continue;
+        }
         if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
             break;
         if (proto_frame_header(hdr, 0x7fffffff - PROTO_HDR_LEN, &type, &len) != FRAME_OK) {
@@ -275,8 +344,16 @@ void server_relay(Server *s)
             s->tx_status = (char)hdr[PROTO_HDR_LEN];
             stats_query_end(s);
             s->skip_until_sync = false;
-            if (head)
+            if (head && head->flags && s->tx_status != 'E') {
+                RqItem done = *head;
+                rq_pop_keep(s);
+                server_after_reset(s, c, &done);
+                free(done.client_name);
+                if (s->state == SV_CLOSING)
+                    return;
+            } else if (head) {
                 rq_pop(s);
+            }
             if (s->tx_status == 'I' && !server_releasable(s))
                 log_debug("S-%p kept after ReadyForQuery: %u answers due (head %d), dirty=%d "
                           "copy_in=%d",
@@ -323,6 +400,26 @@ void server_relay(Server *s)
                 rq_pop(s);
             break;
         case 'E':
+            if (head && head->kind == RQ_PARSE_DUP) {
+                /* The server refused a duplicate of pgc_N; the client hears
+                 * of its own name, as PostgreSQL would have said it. */
+                PktBuf *b;
+                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                    goto out;
+                if (fwd > 0) {
+                    io_forward(&c->io, s->io.in, fwd);
+                    fwd = 0;
+                }
+                b = worker_pkt(s->w);
+                pkt_error(b, "ERROR", "42P05", "prepared statement \"%s\" already exists",
+                          head->client_name ? head->client_name : "");
+                io_send(&c->io, b->data, b->len);
+                rq_pop(s);
+                s->skip_until_sync = true;
+                evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+                io_cursor_init(&cur, s->io.in);
+                continue;
+            }
             if (head && head->kind != RQ_QUERY) {
                 rq_pop_failed(s);
                 s->skip_until_sync = true;

@@ -389,20 +389,26 @@ int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *
     return 1;
 }
 
-void server_note_param(Server *s, const uint8_t *body, uint32_t len)
+bool server_note_param(Server *s, const uint8_t *body, uint32_t len)
 {
     MsgReader r;
-    const char *name, *value;
+    const char *name, *value, *had;
+    bool changed = false;
 
     mr_init(&r, body, len);
     name = mr_str(&r);
     value = mr_str(&r);
     if (!name || !value)
-        return;
+        return false;
     if (!params_set(&s->params, name, value))
         log_error("out of memory noting parameter %s", name);
-    if (s->client && !params_set(&s->client->params, name, value))
-        log_error("out of memory noting parameter %s", name);
+    if (s->client) {
+        had = params_get(&s->client->params, name);
+        changed = !had || strcmp(had, value) != 0;
+        if (changed && !params_set(&s->client->params, name, value))
+            log_error("out of memory noting parameter %s", name);
+    }
+    return changed;
 }
 
 static void server_logged_in(Server *s)

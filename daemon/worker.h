@@ -149,12 +149,20 @@ typedef enum {
     RQ_FAKE_PARSE,   /* the client's Parse answered by the proxy */
     RQ_FAKE_CLOSE,   /* the client's Close answered by the proxy */
     RQ_INTERNAL,     /* the proxy's own simple query: all swallowed up to ReadyForQuery */
+    RQ_PARSE_DUP,    /* client's Parse of a name it already has: the server's error is replaced */
+    RQ_FAKE_DEALLOCATE, /* client's DEALLOCATE of its own statement: answered by the proxy */
 } RqKind;
+
+/* RQ_QUERY flags: the query resets session parameters (client_name names
+ * the one parameter for RQ_RESET_ONE). */
+#define RQ_RESET_ALL 0x1
+#define RQ_RESET_ONE 0x2
 
 typedef struct RqItem {
     RqKind kind;
+    uint8_t flags;
     PreparedStmt *ps;  /* Parse items: the statement (a reference) */
-    char *client_name; /* RQ_PARSE of a named statement: unmapped if it fails */
+    char *client_name; /* RQ_PARSE, RQ_PARSE_DUP: the client's statement name; RQ_RESET_ONE: the parameter */
 } RqItem;
 
 struct Server {
@@ -274,8 +282,9 @@ void server_free(Server *s);
 /* Read one whole message from the front of s's input: 1 and type/body
  * (valid until the next drain), 0 when incomplete, -1 on a bad frame. */
 int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *len);
-/* A ParameterStatus: note the value on the backend and on its client. */
-void server_note_param(Server *s, const uint8_t *body, uint32_t len);
+/* A ParameterStatus: note the value on the backend and on its client.
+ * Returns true when the client's value changed. */
+bool server_note_param(Server *s, const uint8_t *body, uint32_t len);
 /* Send a message the proxy built; closes s if building it failed. */
 void server_send(Server *s, PktBuf *b);
 /* Idle input: parameters and notices are fine, anything else ends s. */
@@ -289,6 +298,14 @@ static inline RqItem *rq_head(const Server *s)
 {
     return s->rq_len ? &s->rq[s->rq_head] : NULL;
 }
+static inline RqItem *rq_tail(const Server *s)
+{
+    return s->rq_len ? &s->rq[(s->rq_head + s->rq_len - 1) % s->rq_cap] : NULL;
+}
+/* May the server go back to the pool now? */
+bool server_releasable(const Server *s);
+/* Give a releasable server back and let its client carry on. */
+void server_end_of_transaction(Server *s);
 /* Emit answers the proxy owes the client that are now due (client side). */
 void server_settle(Server *s);
 /*
