@@ -9,7 +9,7 @@ set -euo pipefail
 REQUIRED=(
     build-essential cmake pkg-config clang
     libevent-dev libssl-dev libpq-dev libhiredis-dev libcmocka-dev libpg-query-dev
-    libinih-dev libsystemd-dev
+    libinih-dev libsystemd-dev libprotobuf-c-dev
     postgresql-15 redis-server pgbouncer
     python3 python3-psycopg2 python3-psycopg python3-sqlalchemy python3-asyncpg python3-django
     valgrind systemd

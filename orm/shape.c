@@ -1,0 +1,1287 @@
+/*
+ * The statement lexer: one pass over an SQL text that writes its normalised
+ * shape, the shape's hash and the values taken out (rules in shape.h).
+ * Hot path: no allocation, a table-driven dispatch per token, bounded output.
+ */
+#include "orm/shape.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+/* Character classes of the token dispatch. */
+enum {
+    C_OTHER = 0,
+    C_SPACE,
+    C_WORD, /* letters, "_" and bytes >= 0x80 (identifier start) */
+    C_DIGIT,
+    C_QUOTE,  /* ' */
+    C_DQUOTE, /* " */
+    C_DOLLAR,
+    C_DOT,
+    C_OP,    /* operator characters + - * / < > = ~ ! @ # % ^ & | ` ? */
+    C_PUNCT, /* ( ) , [ ] ; : */
+};
+
+static const unsigned char cls[256] = {
+    [' '] = C_SPACE,
+    ['\t'] = C_SPACE,
+    ['\n'] = C_SPACE,
+    ['\r'] = C_SPACE,
+    ['\f'] = C_SPACE,
+    ['\v'] = C_SPACE,
+    ['a' ... 'z'] = C_WORD,
+    ['A' ... 'Z'] = C_WORD,
+    ['_'] = C_WORD,
+    [0x80 ... 0xff] = C_WORD,
+    ['0' ... '9'] = C_DIGIT,
+    ['\''] = C_QUOTE,
+    ['"'] = C_DQUOTE,
+    ['$'] = C_DOLLAR,
+    ['.'] = C_DOT,
+    ['+'] = C_OP,
+    ['-'] = C_OP,
+    ['*'] = C_OP,
+    ['/'] = C_OP,
+    ['<'] = C_OP,
+    ['>'] = C_OP,
+    ['='] = C_OP,
+    ['~'] = C_OP,
+    ['!'] = C_OP,
+    ['@'] = C_OP,
+    ['#'] = C_OP,
+    ['%'] = C_OP,
+    ['^'] = C_OP,
+    ['&'] = C_OP,
+    ['|'] = C_OP,
+    ['`'] = C_OP,
+    ['?'] = C_OP,
+    ['('] = C_PUNCT,
+    [')'] = C_PUNCT,
+    [','] = C_PUNCT,
+    ['['] = C_PUNCT,
+    [']'] = C_PUNCT,
+    [';'] = C_PUNCT,
+    [':'] = C_PUNCT,
+};
+
+/* Identifier continuation bytes mapped to their lower case; 0 for the rest. */
+static const unsigned char wtab[256] = {
+#define LC(c)   [c] = (c) + 32
+#define SAME(c) [c] = (c)
+    LC('A'),
+    LC('B'),
+    LC('C'),
+    LC('D'),
+    LC('E'),
+    LC('F'),
+    LC('G'),
+    LC('H'),
+    LC('I'),
+    LC('J'),
+    LC('K'),
+    LC('L'),
+    LC('M'),
+    LC('N'),
+    LC('O'),
+    LC('P'),
+    LC('Q'),
+    LC('R'),
+    LC('S'),
+    LC('T'),
+    LC('U'),
+    LC('V'),
+    LC('W'),
+    LC('X'),
+    LC('Y'),
+    LC('Z'),
+    SAME('a'),
+    SAME('b'),
+    SAME('c'),
+    SAME('d'),
+    SAME('e'),
+    SAME('f'),
+    SAME('g'),
+    SAME('h'),
+    SAME('i'),
+    SAME('j'),
+    SAME('k'),
+    SAME('l'),
+    SAME('m'),
+    SAME('n'),
+    SAME('o'),
+    SAME('p'),
+    SAME('q'),
+    SAME('r'),
+    SAME('s'),
+    SAME('t'),
+    SAME('u'),
+    SAME('v'),
+    SAME('w'),
+    SAME('x'),
+    SAME('y'),
+    SAME('z'),
+    SAME('0'),
+    SAME('1'),
+    SAME('2'),
+    SAME('3'),
+    SAME('4'),
+    SAME('5'),
+    SAME('6'),
+    SAME('7'),
+    SAME('8'),
+    SAME('9'),
+    SAME('_'),
+    SAME('$'),
+    [0x80 ... 0xff] = 1, /* fixed up in lex_word: bytes >= 0x80 are copied as they are */
+#undef LC
+#undef SAME
+};
+
+/* Keyword classes of the few words the lexer must recognise. */
+enum {
+    KW_NONE = 0, /* an identifier or a keyword of no interest: an operand */
+    KW_EXPR,     /* a keyword after which an expression starts (minus is unary) */
+    KW_IN,
+    KW_IS,
+    KW_NOT,
+    KW_ARRAY,
+    KW_NULL,
+    KW_TRUE,
+    KW_FALSE,
+    KW_TYPE, /* date, time, timestamp, timestamptz, interval: TYPE 'x' literals */
+};
+
+#define NOT_FOUND ((size_t)-1)
+
+/* Lexer state for one shape_normalize call. */
+typedef struct Lex {
+    const char *s;
+    size_t len;
+    size_t i; /* next byte to read */
+    ShapeBuf *sb;
+    char *out;
+    size_t o;      /* bytes written to out */
+    size_t word_o; /* where the last word token starts in out */
+    int kw;        /* keyword class of the last token (KW_NONE if not a word) */
+    bool space;    /* whitespace or a comment since the last token */
+    bool operand;  /* the last token ends an operand: a minus after it is binary */
+    bool semi;     /* a ";" waits for the next token to be written */
+    bool any;      /* a token was written */
+    ShapeStatus st;
+} Lex;
+
+static inline unsigned char at(const char *s, size_t len, size_t k)
+{
+    return k < len ? (unsigned char)s[k] : 0;
+}
+
+static inline bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static inline bool is_word_char(unsigned char c)
+{
+    return wtab[c] != 0;
+}
+
+static inline char lower(unsigned char c)
+{
+    return (char)((unsigned)(c - 'A') < 26u ? c + 32 : c);
+}
+
+/* ---- scanners: pure functions returning the index after a token ---- */
+
+/* A quoted token whose opening quote is at q; NOT_FOUND when unterminated.
+ * With backslash, "\x" escapes x (E'' strings); doubled quotes always do. */
+static size_t scan_quoted(const char *s, size_t len, size_t q, bool backslash)
+{
+    char quote = s[q];
+    size_t j = q + 1;
+
+    if (!backslash) {
+        for (;;) {
+            while (j < len && s[j] != quote)
+                j++;
+            if (j >= len)
+                return NOT_FOUND;
+            j++;
+            if (at(s, len, j) != (unsigned char)quote)
+                return j;
+            j++;
+        }
+    }
+    while (j < len) {
+        char c = s[j];
+        if (c == '\\') {
+            j += 2;
+        } else if (c == quote) {
+            if (at(s, len, j + 1) != (unsigned char)quote)
+                return j + 1;
+            j += 2;
+        } else {
+            j++;
+        }
+    }
+    return NOT_FOUND;
+}
+
+/* A nested block comment opening at i ("/" "*"); NOT_FOUND when unterminated. */
+static size_t scan_block_comment(const char *s, size_t len, size_t i)
+{
+    int depth = 1;
+    size_t j = i + 2;
+
+    while (j + 1 < len) {
+        if (s[j] == '*' && s[j + 1] == '/') {
+            j += 2;
+            if (--depth == 0)
+                return j;
+        } else if (s[j] == '/' && s[j + 1] == '*') {
+            depth++;
+            j += 2;
+        } else {
+            j++;
+        }
+    }
+    return NOT_FOUND;
+}
+
+/* The end of a line comment starting at i. */
+static size_t scan_line_comment(const char *s, size_t len, size_t i)
+{
+    const char *p = memchr(s + i, '\n', len - i);
+    return p ? (size_t)(p - s) + 1 : len;
+}
+
+/*
+ * A dollar quote starting at i ("$tag$ ... $tag$"). Returns 0 when s[i] does
+ * not open one (e.g. a lone "$"), NOT_FOUND when it is never closed.
+ */
+static size_t scan_dollar(const char *s, size_t len, size_t i)
+{
+    size_t j = i + 1;
+    const char *end;
+
+    if (j < len && cls[(unsigned char)s[j]] == C_WORD) {
+        while (j < len && (cls[(unsigned char)s[j]] == C_WORD || is_digit(s[j])))
+            j++;
+    }
+    if (at(s, len, j) != '$')
+        return 0;
+    j++;
+    end = memmem(s + j, len - j, s + i, j - i);
+    return end ? (size_t)(end - s) + (j - i) : NOT_FOUND;
+}
+
+/* An identifier or keyword starting at i. */
+static size_t scan_word(const char *s, size_t len, size_t i)
+{
+    size_t j = i + 1;
+    while (j < len && is_word_char(s[j]))
+        j++;
+    return j;
+}
+
+/* A numeric constant starting at i (a digit, or "." and a digit). */
+static size_t scan_number(const char *s, size_t len, size_t i)
+{
+    size_t j = i;
+    unsigned char c1 = at(s, len, i + 1) | 0x20;
+
+    if (s[i] == '0' && (c1 == 'x' || c1 == 'o' || c1 == 'b') && i + 2 < len &&
+        (cls[(unsigned char)s[i + 2]] == C_DIGIT || cls[(unsigned char)s[i + 2]] == C_WORD)) {
+        j = i + 2;
+        while (j < len &&
+               (is_digit(s[j]) || ((s[j] | 0x20) >= 'a' && (s[j] | 0x20) <= 'f') || s[j] == '_'))
+            j++;
+        return j;
+    }
+    while (j < len && (is_digit(s[j]) || (s[j] == '_' && j > i && is_digit(at(s, len, j + 1)))))
+        j++;
+    if (at(s, len, j) == '.' && at(s, len, j + 1) != '.') {
+        j++;
+        while (j < len && is_digit(s[j]))
+            j++;
+    }
+    if ((at(s, len, j) | 0x20) == 'e') {
+        size_t k = j + 1;
+        if (at(s, len, k) == '+' || at(s, len, k) == '-')
+            k++;
+        if (is_digit(at(s, len, k))) {
+            j = k;
+            while (j < len && is_digit(s[j]))
+                j++;
+        }
+    }
+    return j;
+}
+
+/* The next index at or after j that is neither whitespace nor comment;
+ * len at the end, NOT_FOUND inside an unterminated block comment. */
+static size_t skip_blank(const char *s, size_t len, size_t j)
+{
+    while (j < len) {
+        unsigned char c = s[j];
+        if (cls[c] == C_SPACE) {
+            j++;
+        } else if (c == '-' && at(s, len, j + 1) == '-') {
+            j = scan_line_comment(s, len, j);
+        } else if (c == '/' && at(s, len, j + 1) == '*') {
+            j = scan_block_comment(s, len, j);
+            if (j == NOT_FOUND)
+                return NOT_FOUND;
+        } else {
+            break;
+        }
+    }
+    return j;
+}
+
+/* Does s[i..] start with the (lower-case) word w, as a whole word? */
+static bool word_is(const char *s, size_t len, size_t i, const char *w)
+{
+    size_t n = strlen(w);
+    if (i + n > len)
+        return false;
+    for (size_t k = 0; k < n; k++)
+        if (lower(s[i + k]) != w[k])
+            return false;
+    return i + n == len || !is_word_char(s[i + n]);
+}
+
+/* Keyword class of a lower-case word. */
+static int keyword(const char *w, size_t n)
+{
+#define IS(lit) (memcmp(w, lit, n) == 0)
+    switch (n) {
+    case 2:
+        if (IS("in"))
+            return KW_IN;
+        if (IS("is"))
+            return KW_IS;
+        if (IS("or") || IS("on") || IS("by"))
+            return KW_EXPR;
+        break;
+    case 3:
+        if (IS("not"))
+            return KW_NOT;
+        if (IS("and"))
+            return KW_EXPR;
+        break;
+    case 4:
+        if (IS("null"))
+            return KW_NULL;
+        if (IS("true"))
+            return KW_TRUE;
+        if (IS("date") || IS("time"))
+            return KW_TYPE;
+        if (IS("when") || IS("then") || IS("else") || IS("like"))
+            return KW_EXPR;
+        break;
+    case 5:
+        if (IS("false"))
+            return KW_FALSE;
+        if (IS("array"))
+            return KW_ARRAY;
+        if (IS("where") || IS("limit") || IS("ilike"))
+            return KW_EXPR;
+        break;
+    case 6:
+        if (IS("select") || IS("offset") || IS("values") || IS("return") || IS("having"))
+            return KW_EXPR;
+        break;
+    case 7:
+        if (IS("between"))
+            return KW_EXPR;
+        break;
+    case 8:
+        if (IS("interval"))
+            return KW_TYPE;
+        if (IS("distinct"))
+            return KW_EXPR;
+        break;
+    case 9:
+        if (IS("timestamp"))
+            return KW_TYPE;
+        break;
+    case 11:
+        if (IS("timestamptz"))
+            return KW_TYPE;
+        break;
+    }
+    return KW_NONE;
+#undef IS
+}
+
+/* ---- output ---- */
+
+/* Room for n more bytes and the NUL; sets SHAPE_TOO_LONG when there is none. */
+static inline bool out_room(Lex *L, size_t n)
+{
+    if (L->o + n + 1 > SHAPE_TEXT_CAP) {
+        L->st = SHAPE_TOO_LONG;
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Start a token of at most n bytes whose first byte is first: write a
+ * pending ";" and the separator the source had, if the rules keep it.
+ */
+static inline bool tok_begin(Lex *L, unsigned char first, size_t n)
+{
+    if (!out_room(L, n + 2))
+        return false;
+    if (L->semi) {
+        L->out[L->o++] = ';';
+        L->sb->nstmts++;
+        L->semi = false;
+        L->space = true;
+    }
+    if (L->space && L->o > 0) {
+        char prev = L->out[L->o - 1];
+        if (prev != '(' && prev != '[' && first != ')' && first != ']' && first != ',')
+            L->out[L->o++] = ' ';
+    }
+    L->space = false;
+    L->any = true;
+    return true;
+}
+
+/* Append raw bytes (room already checked). */
+static inline void out_put(Lex *L, const char *p, size_t n)
+{
+    memcpy(L->out + L->o, p, n);
+    L->o += n;
+}
+
+/* Append "$k" for placeholder k (1..SHAPE_MAX_PARAMS; room checked). */
+static void out_placeholder(Lex *L, uint32_t k)
+{
+    char d[8];
+    int n = 0;
+
+    L->out[L->o++] = '$';
+    do {
+        d[n++] = (char)('0' + k % 10);
+        k /= 10;
+    } while (k);
+    while (n)
+        L->out[L->o++] = d[--n];
+}
+
+/* Record one extracted value for the placeholder about to be written. */
+static bool add_lit(Lex *L, size_t off, size_t len, ShapeLitKind kind, uint32_t bind)
+{
+    ShapeBuf *sb = L->sb;
+    ShapeLit *lit;
+
+    if (sb->nlits >= SHAPE_MAX_LITS || sb->nparams >= SHAPE_MAX_PARAMS) {
+        L->st = SHAPE_TOO_LONG;
+        return false;
+    }
+    lit = &sb->lits[sb->nlits++];
+    lit->off = (uint32_t)off;
+    lit->len = (uint32_t)len;
+    lit->kind = (uint16_t)kind;
+    lit->bind = (uint16_t)bind;
+    lit->param = (uint16_t)(sb->nparams + 1);
+    lit->pad = 0;
+    if (bind > sb->max_bind)
+        sb->max_bind = bind;
+    return true;
+}
+
+/* Close the placeholder holding lits[first..nlits) and write "$k". */
+static bool put_param(Lex *L, uint32_t first, uint32_t flags)
+{
+    ShapeBuf *sb = L->sb;
+    ShapeParam *p = &sb->params[sb->nparams++];
+
+    p->first = first;
+    p->n = sb->nlits - first;
+    p->flags = flags;
+    out_placeholder(L, sb->nparams);
+    return true;
+}
+
+/*
+ * One literal token s[off..end) of the given kind becomes a placeholder.
+ * After a type word (DATE 'x'), the word is taken back and the placeholder
+ * written as $n::date so that the text keeps parsing.
+ */
+static bool lit_token(Lex *L, size_t off, size_t end, ShapeLitKind kind, uint32_t bind)
+{
+    char type[16];
+    size_t tn = 0;
+    uint32_t first = L->sb->nlits;
+    uint32_t flags = 0;
+
+    if (L->kw == KW_TYPE && kind <= SHAPE_LIT_DOLLAR) {
+        tn = L->o - L->word_o;
+        memcpy(type, L->out + L->word_o, tn);
+        L->o = L->word_o;
+        L->space = false;
+        flags = SHAPE_PARAM_TYPED;
+    }
+    if (!add_lit(L, off, end - off, kind, bind))
+        return false;
+    if (!tok_begin(L, '$', 8 + tn))
+        return false;
+    put_param(L, first, flags);
+    if (tn) {
+        out_put(L, "::", 2);
+        out_put(L, type, tn);
+    }
+    L->i = end;
+    L->operand = true;
+    L->kw = KW_NONE;
+    return true;
+}
+
+/* ---- token handlers ---- */
+
+/* A token that is copied as written: a quoted identifier or a stray byte. */
+static bool lex_verbatim(Lex *L, size_t end, bool operand)
+{
+    if (!tok_begin(L, (unsigned char)L->s[L->i], end - L->i))
+        return false;
+    out_put(L, L->s + L->i, end - L->i);
+    L->i = end;
+    L->operand = operand;
+    L->kw = KW_NONE;
+    return true;
+}
+
+/*
+ * U&'...' (a literal) or U&"..." (an identifier, kept as written), with the
+ * UESCAPE 'c' clause that may follow either.
+ */
+static bool lex_unicode(Lex *L)
+{
+    const char *s = L->s;
+    size_t i = L->i, end = scan_quoted(s, L->len, i + 2, false), k, q;
+
+    if (end == NOT_FOUND) {
+        L->st = SHAPE_UNTERMINATED;
+        return false;
+    }
+    k = skip_blank(s, L->len, end);
+    if (k != NOT_FOUND && word_is(s, L->len, k, "uescape")) {
+        q = skip_blank(s, L->len, k + 7);
+        if (q != NOT_FOUND && at(s, L->len, q) == '\'') {
+            size_t e2 = scan_quoted(s, L->len, q, false);
+            if (e2 != NOT_FOUND)
+                end = e2;
+        }
+    }
+    if (s[i + 2] == '\'')
+        return lit_token(L, i, end, SHAPE_LIT_USTRING, 0);
+    return lex_verbatim(L, end, true);
+}
+
+/* A word: identifier, keyword, TRUE/FALSE/NULL literal, or a string prefix. */
+static bool lex_word(Lex *L)
+{
+    const char *s = L->s;
+    size_t i = L->i, end;
+    unsigned char c = s[i] | 0x20, c1 = at(s, L->len, i + 1);
+    int kw;
+
+    if (c1 == '\'') {
+        if (c == 'e')
+            end = scan_quoted(s, L->len, i + 1, true);
+        else if (c == 'b' || c == 'x' || c == 'n')
+            end = scan_quoted(s, L->len, i + 1, false);
+        else
+            goto word;
+        if (end == NOT_FOUND) {
+            L->st = SHAPE_UNTERMINATED;
+            return false;
+        }
+        return lit_token(L, i, end,
+                         c == 'e'   ? SHAPE_LIT_ESTRING
+                         : c == 'n' ? SHAPE_LIT_STRING
+                                    : SHAPE_LIT_BITSTRING,
+                         0);
+    }
+    if (c == 'u' && c1 == '&' && (at(s, L->len, i + 2) == '\'' || at(s, L->len, i + 2) == '"'))
+        return lex_unicode(L);
+word:
+    end = scan_word(s, L->len, i);
+    if (!tok_begin(L, 'a', end - i))
+        return false;
+    L->word_o = L->o;
+    for (size_t k = i; k < end; k++) {
+        unsigned char b = (unsigned char)s[k];
+        L->out[L->o++] = (char)(b < 0x80 ? wtab[b] : b);
+    }
+    kw = end - i <= 11 ? keyword(L->out + L->word_o, end - i) : KW_NONE;
+    if ((kw == KW_NULL || kw == KW_TRUE || kw == KW_FALSE) && L->kw != KW_IS && L->kw != KW_NOT) {
+        L->o = L->word_o;
+        L->kw = KW_NONE;
+        return lit_token(L, i, end, kw == KW_NULL ? SHAPE_LIT_NULL : SHAPE_LIT_BOOL, 0);
+    }
+    L->i = end;
+    L->kw = kw;
+    L->operand = !(kw == KW_EXPR || kw == KW_IN || kw == KW_IS || kw == KW_NOT);
+    return true;
+}
+
+/* A number at L->i, or at the "-" before it (then the minus is unary). */
+static bool lex_number(Lex *L, size_t start)
+{
+    size_t digits = L->s[start] == '-' ? start + 1 : start;
+    return lit_token(L, start, scan_number(L->s, L->len, digits), SHAPE_LIT_NUMBER, 0);
+}
+
+/* Is there a number right at j (a digit, or "." and a digit)? */
+static bool number_at(const char *s, size_t len, size_t j)
+{
+    unsigned char c = at(s, len, j);
+    return is_digit(c) || (c == '.' && is_digit(at(s, len, j + 1)));
+}
+
+/*
+ * An operator: the longest run of operator characters not starting a
+ * comment; a run that ends in + or - and has none of ~ ! @ # % ^ & | ` ?
+ * loses those, as in PostgreSQL's lexer (so "=-5" is "=" then "-5").
+ */
+static bool lex_operator(Lex *L)
+{
+    const char *s = L->s;
+    size_t i = L->i, j = i;
+    bool special = false;
+
+    while (j < L->len && cls[(unsigned char)s[j]] == C_OP) {
+        unsigned char n = at(s, L->len, j + 1);
+        if (j > i && ((s[j] == '-' && n == '-') || (s[j] == '/' && n == '*')))
+            break;
+        if (strchr("~!@#%^&|`?", s[j]))
+            special = true;
+        j++;
+    }
+    if (!special)
+        while (j - i > 1 && (s[j - 1] == '+' || s[j - 1] == '-'))
+            j--;
+    if (j - i == 1 && s[i] == '-' && !L->operand && number_at(s, L->len, i + 1))
+        return lex_number(L, i);
+    if (!tok_begin(L, (unsigned char)s[i], j - i))
+        return false;
+    out_put(L, s + i, j - i);
+    L->i = j;
+    L->operand = false;
+    L->kw = KW_NONE;
+    return true;
+}
+
+/*
+ * One plain value of a foldable list at j: a literal, a NULL/TRUE/FALSE, or
+ * a $n. Returns the index after it, NOT_FOUND when there is none (or it is
+ * unterminated); *kind and *bind describe it.
+ */
+static size_t scan_list_value(const char *s, size_t len, size_t j, ShapeLitKind *kind,
+                              uint32_t *bind)
+{
+    unsigned char c = s[j], c1 = at(s, len, j + 1);
+    size_t end;
+
+    *bind = 0;
+    if (c == '\'') {
+        *kind = SHAPE_LIT_STRING;
+        return scan_quoted(s, len, j, false);
+    }
+    if ((c | 0x20) == 'e' && c1 == '\'') {
+        *kind = SHAPE_LIT_ESTRING;
+        return scan_quoted(s, len, j + 1, true);
+    }
+    if (c == '$' && is_digit(c1)) {
+        *kind = SHAPE_LIT_BIND;
+        for (end = j + 1; end < len && is_digit(s[end]) && *bind <= 65535; end++)
+            *bind = *bind * 10 + (uint32_t)(s[end] - '0');
+        return *bind == 0 || *bind > 65535 ? NOT_FOUND : end;
+    }
+    if (number_at(s, len, j) || (c == '-' && number_at(s, len, j + 1))) {
+        *kind = SHAPE_LIT_NUMBER;
+        return scan_number(s, len, c == '-' ? j + 1 : j);
+    }
+    if (word_is(s, len, j, "true") || word_is(s, len, j, "false")) {
+        *kind = SHAPE_LIT_BOOL;
+        return scan_word(s, len, j);
+    }
+    if (word_is(s, len, j, "null")) {
+        *kind = SHAPE_LIT_NULL;
+        return j + 4;
+    }
+    return NOT_FOUND;
+}
+
+/*
+ * An optional "::type" (one word) after a list value at j. Returns the index
+ * after it and the blanks that follow, NOT_FOUND when the list cannot fold:
+ * the first value's cast is recorded in cast and castn, later ones repeat it.
+ */
+static size_t scan_list_cast(const char *s, size_t len, size_t j, bool first, size_t *cast,
+                             size_t *castn)
+{
+    size_t w, we;
+
+    if (at(s, len, j) != ':' || at(s, len, j + 1) != ':')
+        return *castn ? NOT_FOUND : j;
+    w = skip_blank(s, len, j + 2);
+    if (w == NOT_FOUND || w >= len || cls[(unsigned char)s[w]] != C_WORD)
+        return NOT_FOUND;
+    we = scan_word(s, len, w);
+    if (first) {
+        *cast = w;
+        *castn = we - w;
+    } else if (we - w != *castn || strncasecmp(s + w, s + *cast, *castn) != 0) {
+        return NOT_FOUND;
+    }
+    return skip_blank(s, len, we);
+}
+
+/*
+ * After IN or ARRAY, at "(" or "[": fold a list of plain values into one
+ * placeholder. Returns 1 when folded, 0 when the list is not foldable
+ * (nothing changed), -1 on overflow (status set).
+ */
+static int lex_fold(Lex *L, char close)
+{
+    const char *s = L->s;
+    size_t len = L->len, j = L->i + 1;
+    uint32_t first = L->sb->nlits;
+    size_t cast = 0, castn = 0;
+
+    for (;;) {
+        ShapeLitKind kind;
+        uint32_t bind;
+        size_t start = skip_blank(s, len, j), end;
+
+        if (start == NOT_FOUND || start >= len)
+            goto undo;
+        end = scan_list_value(s, len, start, &kind, &bind);
+        if (end == NOT_FOUND)
+            goto undo;
+        if (!add_lit(L, start, end - start, kind, bind))
+            return -1;
+        j = skip_blank(s, len, end);
+        if (j != NOT_FOUND)
+            j = scan_list_cast(s, len, j, L->sb->nlits - first == 1, &cast, &castn);
+        if (j == NOT_FOUND)
+            goto undo;
+        if (at(s, len, j) == (unsigned char)close)
+            break;
+        if (at(s, len, j) != ',')
+            goto undo;
+        j++;
+    }
+    if (!tok_begin(L, (unsigned char)s[L->i], 16 + castn + sizeof(SHAPE_LIST_MARK)))
+        return -1;
+    L->out[L->o++] = s[L->i];
+    put_param(L, first, SHAPE_PARAM_LIST);
+    if (castn) {
+        out_put(L, "::", 2);
+        for (size_t k = 0; k < castn; k++)
+            L->out[L->o++] = lower(s[cast + k]);
+    }
+    out_put(L, SHAPE_LIST_MARK, sizeof(SHAPE_LIST_MARK) - 1);
+    L->out[L->o++] = close;
+    L->i = j + 1;
+    L->operand = true;
+    L->kw = KW_NONE;
+    return 1;
+undo:
+    L->sb->nlits = first;
+    return 0;
+}
+
+/* Punctuation: ( ) , [ ] ; and the ":" / "::" of casts and slices. */
+static bool lex_punct(Lex *L)
+{
+    char c = L->s[L->i];
+    size_t n = 1;
+
+    if (c == ';') {
+        if (L->any)
+            L->semi = true;
+        L->i++;
+        L->operand = false;
+        L->kw = KW_NONE;
+        return true;
+    }
+    if ((c == '(' && L->kw == KW_IN) || (c == '[' && L->kw == KW_ARRAY)) {
+        int r = lex_fold(L, c == '(' ? ')' : ']');
+        if (r != 0)
+            return r > 0;
+    }
+    if (c == ':' && at(L->s, L->len, L->i + 1) == ':')
+        n = 2;
+    if (!tok_begin(L, (unsigned char)c, n))
+        return false;
+    out_put(L, L->s + L->i, n);
+    L->i += n;
+    L->operand = c == ')' || c == ']';
+    L->kw = KW_NONE;
+    return true;
+}
+
+/* "$": a Bind parameter $n, a dollar quote, or a stray "$" kept as is. */
+static bool lex_dollar(Lex *L)
+{
+    const char *s = L->s;
+    size_t i = L->i, end;
+
+    if (is_digit(at(s, L->len, i + 1))) {
+        uint32_t n = 0;
+        end = i + 1;
+        while (end < L->len && is_digit(s[end])) {
+            if (n <= 65535)
+                n = n * 10 + (uint32_t)(s[end] - '0');
+            end++;
+        }
+        if (n > 65535)
+            n = 65535;
+        return lit_token(L, i, end, SHAPE_LIT_BIND, n);
+    }
+    end = scan_dollar(s, L->len, i);
+    if (end == NOT_FOUND) {
+        L->st = SHAPE_UNTERMINATED;
+        return false;
+    }
+    if (end)
+        return lit_token(L, i, end, SHAPE_LIT_DOLLAR, 0);
+    if (!tok_begin(L, '$', 1))
+        return false;
+    L->out[L->o++] = '$';
+    L->i++;
+    L->operand = false;
+    L->kw = KW_NONE;
+    return true;
+}
+
+/* Dispatch one token (or skip blank/comment) at L->i. False: stop, L->st says why. */
+static bool lex_step(Lex *L)
+{
+    const char *s = L->s;
+    size_t i = L->i, end;
+    unsigned char c = s[i];
+
+    switch (cls[c]) {
+    case C_SPACE:
+        L->space = true;
+        L->i++;
+        return true;
+    case C_WORD:
+        return lex_word(L);
+    case C_DIGIT:
+        return lex_number(L, i);
+    case C_QUOTE:
+        end = scan_quoted(s, L->len, i, false);
+        if (end == NOT_FOUND)
+            break;
+        return lit_token(L, i, end, SHAPE_LIT_STRING, 0);
+    case C_DQUOTE:
+        end = scan_quoted(s, L->len, i, false);
+        if (end == NOT_FOUND)
+            break;
+        return lex_verbatim(L, end, true);
+    case C_DOLLAR:
+        return lex_dollar(L);
+    case C_DOT:
+        if (is_digit(at(s, L->len, i + 1)) && !(L->operand && !L->space))
+            return lex_number(L, i);
+        return lex_verbatim(L, i + 1, false);
+    case C_OP:
+        if (c == '-' && at(s, L->len, i + 1) == '-') {
+            L->i = scan_line_comment(s, L->len, i);
+            L->space = true;
+            return true;
+        }
+        if (c == '/' && at(s, L->len, i + 1) == '*') {
+            end = scan_block_comment(s, L->len, i);
+            if (end == NOT_FOUND)
+                break;
+            L->i = end;
+            L->space = true;
+            return true;
+        }
+        return lex_operator(L);
+    case C_PUNCT:
+        return lex_punct(L);
+    default:
+        return lex_verbatim(L, i + 1, false);
+    }
+    L->st = SHAPE_UNTERMINATED;
+    return false;
+}
+
+bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
+{
+    Lex L = {.s = sql, .len = len, .sb = out, .out = out->text, .st = SHAPE_OK};
+
+    out->hash = 0;
+    out->text_len = 0;
+    out->nparams = 0;
+    out->nlits = 0;
+    out->nstmts = 0;
+    out->max_bind = 0;
+    out->text[0] = '\0';
+    if (len > SHAPE_MAX_SQL) {
+        out->status = SHAPE_TOO_LONG;
+        return false;
+    }
+    while (L.i < len)
+        if (!lex_step(&L))
+            break;
+    if (L.st == SHAPE_OK && !L.any)
+        L.st = SHAPE_EMPTY;
+    out->status = L.st;
+    if (L.st != SHAPE_OK) {
+        out->nparams = out->nlits = 0;
+        return false;
+    }
+    out->text[L.o] = '\0';
+    out->text_len = (uint32_t)L.o;
+    out->nstmts++;
+    out->hash = shape_hash_bytes(out->text, L.o);
+    return true;
+}
+
+int shape_split(const char *sql, size_t len, ShapeSpan *spans, int cap)
+{
+    size_t i = 0, start = 0, end;
+    bool tok = false;
+    int n = 0;
+
+    while (i < len) {
+        unsigned char c = sql[i], c1 = at(sql, len, i + 1);
+
+        if (cls[c] == C_SPACE) {
+            i++;
+            continue;
+        }
+        if ((c == '-' && c1 == '-') || (c == '/' && c1 == '*')) {
+            end = skip_blank(sql, len, i);
+            i = end == NOT_FOUND ? len : end;
+            continue;
+        }
+        if (c == ';') {
+            if (tok && n < cap)
+                spans[n] = (ShapeSpan){(uint32_t)start, (uint32_t)(i - start)};
+            n += tok;
+            tok = false;
+            start = ++i;
+            continue;
+        }
+        tok = true;
+        if (c == '\'' || c == '"') {
+            end = scan_quoted(sql, len, i, false);
+        } else if (c == '$') {
+            end = scan_dollar(sql, len, i);
+            if (end == 0)
+                end = i + 1;
+        } else if (cls[c] == C_WORD) {
+            if ((c | 0x20) == 'e' && c1 == '\'')
+                end = scan_quoted(sql, len, i + 1, true);
+            else if ((c | 0x20) == 'u' && c1 == '&' && at(sql, len, i + 2) == '\'')
+                end = scan_quoted(sql, len, i + 2, false);
+            else if (c1 == '\'' && strchr("bBxXnN", c))
+                end = scan_quoted(sql, len, i + 1, false);
+            else
+                end = scan_word(sql, len, i);
+        } else {
+            end = i + 1;
+        }
+        i = end == NOT_FOUND ? len : end;
+    }
+    if (tok) {
+        if (n < cap)
+            spans[n] = (ShapeSpan){(uint32_t)start, (uint32_t)(len - start)};
+        n++;
+    }
+    return n;
+}
+
+/* ---- hashing and values ---- */
+
+#define K1 0x9fb21c651e98df25ULL
+#define K2 0xc2b2ae3d27d4eb4fULL
+#define K3 0x165667b19e3779f9ULL
+
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* Final avalanche so that every input bit reaches every output bit. */
+static inline uint64_t fmix64(uint64_t x)
+{
+    x ^= x >> 31;
+    x *= K1;
+    x ^= x >> 29;
+    x *= K2;
+    x ^= x >> 32;
+    return x;
+}
+
+uint64_t shape_hash_bytes(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = K3 ^ ((uint64_t)n * K1);
+    uint64_t w, w1, w2, w3;
+
+    /* four independent lanes over 32-byte blocks keep the multipliers busy */
+    if (n >= 32) {
+        uint64_t a0 = h, a1 = h ^ K2, a2 = h ^ K3, a3 = h ^ K1;
+        while (n >= 32) {
+            memcpy(&w, b, 8);
+            memcpy(&w1, b + 8, 8);
+            memcpy(&w2, b + 16, 8);
+            memcpy(&w3, b + 24, 8);
+            a0 = rotl64(a0 ^ (w * K2), 29) * K1;
+            a1 = rotl64(a1 ^ (w1 * K2), 29) * K1;
+            a2 = rotl64(a2 ^ (w2 * K2), 29) * K1;
+            a3 = rotl64(a3 ^ (w3 * K2), 29) * K1;
+            b += 32;
+            n -= 32;
+        }
+        h = fmix64(a0) ^ rotl64(fmix64(a1), 16) ^ rotl64(fmix64(a2), 32) ^ rotl64(fmix64(a3), 48);
+    }
+    while (n >= 8) {
+        memcpy(&w, b, 8);
+        h = rotl64(h ^ (w * K2), 29) * K1;
+        b += 8;
+        n -= 8;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, b, n);
+        h = rotl64(h ^ (w * K2), 29) * K1;
+    }
+    return fmix64(h);
+}
+
+/* Where a literal's value text is: a view into the SQL, or decoded into buf. */
+typedef struct LitView {
+    const char *p;
+    size_t n;
+    bool null;
+} LitView;
+
+static int hexval(unsigned char c)
+{
+    if (is_digit(c))
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Decode E'' escapes of s[0..n) into buf (cap bytes); returns the decoded length. */
+static size_t decode_escapes(const char *s, size_t n, char *buf, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t k = 0; k < n; k++) {
+        char c = s[k];
+        if (c == '\\' && k + 1 < n) {
+            char e = s[++k];
+            int v;
+            switch (e) {
+            case 'b':
+                c = '\b';
+                break;
+            case 'f':
+                c = '\f';
+                break;
+            case 'n':
+                c = '\n';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case 'x':
+                v = k + 1 < n ? hexval(s[k + 1]) : -1;
+                if (v < 0) {
+                    c = e;
+                    break;
+                }
+                k++;
+                if (k + 1 < n && hexval(s[k + 1]) >= 0)
+                    v = v * 16 + hexval(s[++k]);
+                c = (char)v;
+                break;
+            default:
+                if (e >= '0' && e <= '7') {
+                    v = e - '0';
+                    for (int d = 0; d < 2 && k + 1 < n && s[k + 1] >= '0' && s[k + 1] <= '7'; d++)
+                        v = v * 8 + (s[++k] - '0');
+                    c = (char)v;
+                } else {
+                    c = e;
+                }
+            }
+        } else if (c == '\'' && k + 1 < n && s[k + 1] == '\'') {
+            k++;
+        }
+        if (o < cap)
+            buf[o] = c;
+        o++;
+    }
+    return o;
+}
+
+/* Collapse doubled quotes of s[0..n) into buf; returns the decoded length. */
+static size_t decode_doubled(const char *s, size_t n, char *buf, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t k = 0; k < n; k++) {
+        if (s[k] == '\'' && k + 1 < n && s[k + 1] == '\'')
+            k++;
+        if (o < cap)
+            buf[o] = s[k];
+        o++;
+    }
+    return o;
+}
+
+/*
+ * The value text of a non-Bind literal. Decoded forms longer than cap are
+ * left raw (a value that long is no key worth matching).
+ */
+static LitView lit_view(const char *sql, const ShapeLit *lit, char *buf, size_t cap)
+{
+    const char *t = sql + lit->off;
+    size_t n = lit->len, k, d;
+    LitView v = {t, n, false};
+
+    switch ((ShapeLitKind)lit->kind) {
+    case SHAPE_LIT_STRING:
+        k = t[0] == '\'' ? 1 : 2;
+        v.p = t + k;
+        v.n = n - k - 1;
+        if (memchr(v.p, '\'', v.n)) {
+            d = decode_doubled(v.p, v.n, buf, cap);
+            if (d <= cap)
+                v = (LitView){buf, d, false};
+        }
+        break;
+    case SHAPE_LIT_ESTRING:
+        v.p = t + 2;
+        v.n = n - 3;
+        if (memchr(v.p, '\\', v.n) || memchr(v.p, '\'', v.n)) {
+            d = decode_escapes(v.p, v.n, buf, cap);
+            if (d <= cap)
+                v = (LitView){buf, d, false};
+        }
+        break;
+    case SHAPE_LIT_USTRING:
+        k = scan_quoted(t, n, 2, false); /* the string before any UESCAPE */
+        v.p = t + 3;
+        v.n = (k == NOT_FOUND ? n : k) - 4;
+        break;
+    case SHAPE_LIT_DOLLAR:
+        k = (size_t)((const char *)memchr(t + 1, '$', n - 1) - t) + 1; /* tag length */
+        v.p = t + k;
+        v.n = n - 2 * k;
+        break;
+    case SHAPE_LIT_BITSTRING:
+        v.p = t + 2;
+        v.n = n - 3;
+        break;
+    case SHAPE_LIT_BOOL:
+        v.p = (t[0] | 0x20) == 't' ? "t" : "f";
+        v.n = 1;
+        break;
+    case SHAPE_LIT_NULL:
+        v.null = true;
+        break;
+    case SHAPE_LIT_NUMBER:
+    case SHAPE_LIT_BIND:
+        break;
+    }
+    return v;
+}
+
+uint64_t shape_lit_hash(const char *sql, const ShapeLit *lit, const ShapeValue *binds, int nbinds)
+{
+    char buf[512];
+    LitView v;
+
+    if (lit->kind == SHAPE_LIT_BIND) {
+        if (lit->bind == 0 || lit->bind > nbinds || binds[lit->bind - 1].len < 0)
+            return SHAPE_HASH_NULL;
+        return shape_hash_bytes(binds[lit->bind - 1].data, (size_t)binds[lit->bind - 1].len);
+    }
+    v = lit_view(sql, lit, buf, sizeof(buf));
+    return v.null ? SHAPE_HASH_NULL : shape_hash_bytes(v.p, v.n);
+}
+
+int shape_param_hashes(const ShapeBuf *sb, const char *sql, const ShapeValue *binds, int nbinds,
+                       uint64_t *out, int cap)
+{
+    int n = (int)sb->nparams < cap ? (int)sb->nparams : cap;
+
+    for (int k = 0; k < n; k++) {
+        const ShapeParam *p = &sb->params[k];
+        if (p->n == 1) {
+            out[k] = shape_lit_hash(sql, &sb->lits[p->first], binds, nbinds);
+            continue;
+        }
+        uint64_t h = K3 ^ p->n;
+        for (uint32_t e = 0; e < p->n; e++)
+            h = fmix64(h * K2 + shape_lit_hash(sql, &sb->lits[p->first + e], binds, nbinds));
+        out[k] = h;
+    }
+    return n;
+}
+
+size_t shape_lit_text(const char *sql, const ShapeLit *lit, char *out, size_t cap)
+{
+    char buf[512];
+    LitView v;
+    size_t n;
+
+    if (lit->kind == SHAPE_LIT_BIND) {
+        int k = snprintf(out, cap, "$%u", (unsigned)lit->bind);
+        return k < 0 ? 0 : (size_t)k;
+    }
+    v = lit_view(sql, lit, buf, sizeof(buf));
+    if (v.null)
+        v = (LitView){"NULL", 4, false};
+    if (cap == 0)
+        return v.n;
+    n = v.n < cap ? v.n : cap - 1;
+    memcpy(out, v.p, n);
+    out[n] = '\0';
+    return v.n;
+}
+
+const char *shape_status_name(ShapeStatus st)
+{
+    switch (st) {
+    case SHAPE_OK:
+        return "ok";
+    case SHAPE_EMPTY:
+        return "empty";
+    case SHAPE_TOO_LONG:
+        return "too long";
+    case SHAPE_UNTERMINATED:
+        return "unterminated";
+    }
+    return "?";
+}
+
+const char *shape_lit_kind_name(ShapeLitKind kind)
+{
+    static const char *const names[] = {"string", "estring", "ustring", "dollar", "bitstring",
+                                        "number", "bool",    "null",    "bind"};
+    return (unsigned)kind < sizeof(names) / sizeof(names[0]) ? names[kind] : "?";
+}
