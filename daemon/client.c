@@ -653,6 +653,16 @@ typedef enum {
     QK_DEALLOCATE_ONE,   /* DEALLOCATE [PREPARE] name */
 } QueryKind;
 
+/* Cheap filter before query_kind: does the text start with R or D? */
+static inline bool query_may_reset(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i < n && ((p[i] | 0x20) == 'r' || (p[i] | 0x20) == 'd');
+}
+
 /*
  * Classify a Query body (at most its first bytes; the whole statement must
  * fit for the single-name forms). name receives the lower-cased name for
@@ -827,8 +837,9 @@ static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
     io_cursor_skip(&at_body, PROTO_HDR_LEN);
-    /* Only short texts can be one of these statements; skip the peek otherwise. */
-    if (len <= sizeof(text) && io_cursor_peek(&at_body, text, n))
+    /* Only short texts starting with R or D (after blanks) can be one of
+     * these statements: most queries are let through on their first byte. */
+    if (len <= sizeof(text) && io_cursor_peek(&at_body, text, n) && query_may_reset(text, n))
         kind = query_kind(text, n, true, name, sizeof(name));
     switch (kind) {
     case QK_DROPS_STATEMENTS:
@@ -1032,7 +1043,8 @@ static void client_process(Client *c)
                 break;
             io_cursor_skip(&at_body, PROTO_HDR_LEN);
             io_cursor_peek(&at_body, text, len);
-            if (query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
+            if (query_may_reset(text, len) &&
+                query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
                 client_stmts_get(&c->stmts, name)) {
                 s->pool->stats.bytes_in += fwd + PROTO_HDR_LEN + len;
                 io_forward(&s->io, c->io.in, fwd);
