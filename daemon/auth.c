@@ -47,7 +47,7 @@ AuthResult auth_exchange_begin(AuthExchange *ax, const Config *cfg, const char *
 
 /* The SCRAM secret to check against: the user's, else one nobody knows so
  * that the exchange runs to its end and fails there. */
-static bool auth_scram_secret(const char *secret, ScramSecret *sec)
+bool auth_scram_secret(const char *secret, ScramSecret *sec)
 {
     uint8_t salt[16], pw[16];
     char junk[33];

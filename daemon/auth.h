@@ -36,6 +36,10 @@ typedef enum {
 } AuthResult;
 
 /* Start authenticating user. */
+/* The SCRAM secret to check a login against: the user's stored secret, one
+ * derived from a plain password, or (unknown user, md5-only secret) one
+ * nobody knows, so that the exchange runs to its end and fails there. */
+bool auth_scram_secret(const char *secret, ScramSecret *sec) __attribute__((warn_unused_result));
 AuthResult auth_exchange_begin(AuthExchange *ax, const Config *cfg, const char *user, PktBuf *b,
                                const char **sqlstate, char *msg, size_t msglen);
 /* One password message body ('p'). */

@@ -2,7 +2,9 @@
  * Client connections: the startup packet, authentication, the welcome, and
  * forwarding the client's messages to whichever server the pool links.
  */
+#include "daemon/auth.h"
 #include "daemon/log.h"
+#include "daemon/orm_feed.h"
 #include "daemon/worker.h"
 #include "proto/msg.h"
 
@@ -151,6 +153,7 @@ void client_free(Client *c)
     free(c->database);
     params_free(&c->startup);
     params_free(&c->params);
+    orm_client_free(c);
     client_stmts_clear(&c->stmts, &c->w->prepared);
     free(c->scram);
     c->w->nclients--;
@@ -358,33 +361,6 @@ static void client_start_auth(Client *c)
     client_send(c, b);
 }
 
-/* Build the SCRAM secret to check the client against; a made-up one for
- * unknown users or md5-only secrets, so the exchange fails at the end. */
-static bool client_scram_secret(Client *c, ScramSecret *sec)
-{
-    const char *secret = config_find_user(c->w->cfg, c->user);
-    uint8_t salt[16];
-
-    if (secret && scram_is_secret(secret))
-        return scram_parse_secret(secret, sec);
-    if (!auth_random(salt, sizeof(salt)))
-        return false;
-    if (secret && !md5_is_hash(secret))
-        return scram_secret_from_password(secret, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS,
-                                          sec);
-    /* Unknown user or md5 hash: a random password nobody knows. */
-    {
-        char junk[33];
-        uint8_t r[16];
-        if (!auth_random(r, sizeof(r)))
-            return false;
-        for (int i = 0; i < 16; i++)
-            snprintf(junk + 2 * i, 3, "%02x", r[i]);
-        return scram_secret_from_password(junk, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS,
-                                          sec);
-    }
-}
-
 /* One 'p' message during login. */
 static void client_auth_message(Client *c, const uint8_t *body, uint32_t len)
 {
@@ -418,7 +394,7 @@ static void client_auth_message(Client *c, const uint8_t *body, uint32_t len)
             return;
         }
         c->scram = calloc(1, sizeof(*c->scram));
-        if (!c->scram || !client_scram_secret(c, &sec)) {
+        if (!c->scram || !auth_scram_secret(config_find_user(c->w->cfg, c->user), &sec)) {
             client_error_close(c, "53200", "out of memory preparing SCRAM");
             return;
         }
@@ -792,6 +768,8 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
     }
     ps = client_stmts_get(&c->stmts, name);
     kind = type == 'B' ? RQ_BIND : RQ_DESCRIBE;
+    if (type == 'B' && c->w->cfg->n1_mode != N1_MODE_OFF)
+        orm_client_bind(c, ps, msg + PROTO_HDR_LEN, len);
     if (!ps) {
         /* Unknown to the proxy: the server answers as it would. */
         if (!rq_push(s, kind, NULL, NULL))
@@ -980,6 +958,7 @@ static void client_process(Client *c)
     uint32_t len;
     Server *s = c->server;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
+    bool n1 = cfg->n1_mode != N1_MODE_OFF;
 
     if (c->discarding && !client_discard(c))
         return;
@@ -1085,10 +1064,15 @@ static void client_process(Client *c)
                 continue;
             }
         }
+        /* Shapes and N+1 detection need some messages whole (n1_mode). */
+        if (n1 && !orm_client_whole(c, s, type, len, &cur, &fwd))
+            break;
         if (!client_note_message(c, s, type, &cur, len)) {
             client_error_close(c, "53200", "out of memory");
             return;
         }
+        if (n1)
+            orm_client_message(c, s, type, &cur, len);
         c->pkt_left = PROTO_HDR_LEN + len;
     }
     if (!s)

@@ -3,6 +3,7 @@
  * (freeing what was closed inside callbacks) and pool lookup.
  */
 #include "daemon/log.h"
+#include "daemon/orm_feed.h"
 #include "daemon/worker.h"
 
 #include <arpa/inet.h>
@@ -148,6 +149,27 @@ bool worker_init(Worker *w, const Config *cfg)
     w->janitor = event_new(w->base, -1, EV_PERSIST, worker_janitor, w);
     if (!w->dns || !w->reaper || !w->janitor || event_add(w->janitor, &tv) != 0)
         return false;
+    if (!orm_worker_init(w)) {
+        orm_worker_free(w);
+        return false;
+    }
+    return true;
+}
+
+/* Take a new listener into the worker's list; frees it on failure. */
+static bool worker_keep_listener(Worker *w, struct evconnlistener *l, const char *what)
+{
+    struct evconnlistener **nl;
+
+    evconnlistener_set_error_cb(l, worker_on_accept_error);
+    nl = realloc(w->listeners, sizeof(*nl) * (size_t)(w->nlisteners + 1));
+    if (!nl) {
+        evconnlistener_free(l);
+        return false;
+    }
+    w->listeners = nl;
+    w->listeners[w->nlisteners++] = l;
+    log_info("listening on %s", what);
     return true;
 }
 
@@ -155,7 +177,6 @@ static bool worker_add_listener(Worker *w, const struct sockaddr *sa, socklen_t 
                                 const char *what)
 {
     struct evconnlistener *l;
-    struct evconnlistener **nl;
 
     l = evconnlistener_new_bind(w->base, worker_on_accept, w,
                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
@@ -165,22 +186,12 @@ static bool worker_add_listener(Worker *w, const struct sockaddr *sa, socklen_t 
         log_error("could not listen on %s: %s", what, strerror(errno));
         return false;
     }
-    evconnlistener_set_error_cb(l, worker_on_accept_error);
-    nl = realloc(w->listeners, sizeof(*nl) * (size_t)(w->nlisteners + 1));
-    if (!nl) {
-        evconnlistener_free(l);
-        return false;
-    }
-    w->listeners = nl;
-    w->listeners[w->nlisteners++] = l;
-    log_info("listening on %s", what);
-    return true;
+    return worker_keep_listener(w, l, what);
 }
 
 bool worker_adopt_listener(Worker *w, int fd, const char *what)
 {
     struct evconnlistener *l;
-    struct evconnlistener **nl;
 
     /* backlog -1: the socket is already listening (socket activation) */
     l = evconnlistener_new(w->base, worker_on_accept, w,
@@ -189,16 +200,7 @@ bool worker_adopt_listener(Worker *w, int fd, const char *what)
         log_error("could not use %s: %s", what, strerror(errno));
         return false;
     }
-    evconnlistener_set_error_cb(l, worker_on_accept_error);
-    nl = realloc(w->listeners, sizeof(*nl) * (size_t)(w->nlisteners + 1));
-    if (!nl) {
-        evconnlistener_free(l);
-        return false;
-    }
-    w->listeners = nl;
-    w->listeners[w->nlisteners++] = l;
-    log_info("listening on %s", what);
-    return true;
+    return worker_keep_listener(w, l, what);
 }
 
 bool worker_listen(Worker *w)
@@ -288,6 +290,7 @@ void worker_free(Worker *w)
     while ((n = list_first(&w->linger_clients)) != NULL)
         client_close(list_entry(n, Client), "shutting down");
     worker_reap(-1, 0, w);
+    orm_worker_free(w); /* after the clients: their N+1 sessions belong to its table */
     if (w->janitor)
         event_free(w->janitor);
     if (w->reaper)
