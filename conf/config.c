@@ -79,15 +79,24 @@ static const EnumWord log_level_words[] = {
 };
 
 static const EnumWord client_tls_words[] = {
-    {"disable", CLIENT_TLS_DISABLE}, {"allow", CLIENT_TLS_ALLOW},
-    {"prefer", CLIENT_TLS_PREFER},   {"require", CLIENT_TLS_REQUIRE},
+    {"disable", CLIENT_TLS_DISABLE},
+    {"allow", CLIENT_TLS_ALLOW},
+    {"prefer", CLIENT_TLS_PREFER},
+    {"require", CLIENT_TLS_REQUIRE},
     {NULL, 0},
 };
 
 static const EnumWord server_tls_words[] = {
-    {"disable", SERVER_TLS_DISABLE},     {"prefer", SERVER_TLS_PREFER},
-    {"require", SERVER_TLS_REQUIRE},     {"verify-ca", SERVER_TLS_VERIFY_CA},
+    {"disable", SERVER_TLS_DISABLE},         {"prefer", SERVER_TLS_PREFER},
+    {"require", SERVER_TLS_REQUIRE},         {"verify-ca", SERVER_TLS_VERIFY_CA},
     {"verify-full", SERVER_TLS_VERIFY_FULL}, {NULL, 0},
+};
+
+static const EnumWord n1_mode_words[] = {
+    {"off", N1_MODE_OFF},
+    {"detect", N1_MODE_DETECT},
+    {"batch", N1_MODE_BATCH},
+    {NULL, 0},
 };
 
 static const EnumWord tls_version_words[] = {
@@ -105,6 +114,7 @@ static const EnumWord bool_words[] = {
 _Static_assert(sizeof(PoolMode) == sizeof(int), "enum settings are stored as int");
 _Static_assert(sizeof(AuthType) == sizeof(int), "enum settings are stored as int");
 _Static_assert(sizeof(LogLevel) == sizeof(int), "enum settings are stored as int");
+_Static_assert(sizeof(N1Mode) == sizeof(int), "enum settings are stored as int");
 
 static const char *check_listen_addr(const char *v)
 {
@@ -200,6 +210,11 @@ static const Setting settings[] = {
     {"logfile", ST_STRING, CFG(logfile), "", true},
     {"syslog", ST_BOOL, CFG(syslog), "off", true},
     {"syslog_ident", ST_STRING, CFG(syslog_ident), "pgcoalesce", true, .check = check_ident},
+    {"n1_mode", ST_ENUM, CFG(n1_mode), "detect", true, .words = n1_mode_words},
+    {"n1_threshold", ST_INT, CFG(n1_threshold), "5", true, 2, 1000000},
+    {"n1_result_memory", ST_INT, CFG(n1_result_memory), "1000", true, 0, 10000000},
+    {"n1_max_patterns", ST_INT, CFG(n1_max_patterns), "1000", false, 1, 1000000},
+    {"shape_cache_size", ST_INT, CFG(shape_cache_size), "10000", false, 1, 10000000},
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
@@ -803,7 +818,7 @@ CONF_CHECK static bool load_check_tls(LoadState *st, char *err, size_t errlen)
         conf_msgf(err, errlen, "%s:%d: server_tls_cert_file and server_tls_key_file go together",
                   st->path,
                   load_blame_line(st, cfg->server_tls_cert_file[0] ? "server_tls_cert_file"
-                                                                  : "server_tls_key_file"));
+                                                                   : "server_tls_key_file"));
         return false;
     }
     return true;

@@ -12,7 +12,12 @@ typedef enum { POOL_SESSION = 0, POOL_TRANSACTION = 1 } PoolMode;
 typedef enum { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 } AuthType;
 /* TLS towards clients: disable answers SSLRequest 'N'; allow/prefer accept
  * TLS or plain; require refuses plain connections. */
-typedef enum { CLIENT_TLS_DISABLE = 0, CLIENT_TLS_ALLOW, CLIENT_TLS_PREFER, CLIENT_TLS_REQUIRE } ClientTlsMode;
+typedef enum {
+    CLIENT_TLS_DISABLE = 0,
+    CLIENT_TLS_ALLOW,
+    CLIENT_TLS_PREFER,
+    CLIENT_TLS_REQUIRE
+} ClientTlsMode;
 /* TLS towards PostgreSQL, with libpq's meanings. */
 typedef enum {
     SERVER_TLS_DISABLE = 0,
@@ -23,6 +28,10 @@ typedef enum {
 } ServerTlsMode;
 typedef enum { TLS_V1_2 = 0, TLS_V1_3 = 1 } TlsVersion;
 typedef enum { LOG_ERROR = 0, LOG_WARNING = 1, LOG_INFO = 2, LOG_DEBUG = 3 } LogLevel;
+/* ORM awareness: off (no shapes at all), detect (shapes, N+1 reports and
+ * statement statistics), batch (detect, and later answer N+1 runs with one
+ * batched query; until then the same as detect). */
+typedef enum { N1_MODE_OFF = 0, N1_MODE_DETECT = 1, N1_MODE_BATCH = 2 } N1Mode;
 
 /* One [databases] entry. Unset numeric overrides are -1, strings NULL. */
 typedef struct DbConf {
@@ -50,19 +59,19 @@ typedef struct Config {
     char *listen_addr;
     int listen_port;
     char *unix_socket_dir;
-    char *admin_addr;   /* admin port: console and HTTP (daemon/admin.c) */
-    int admin_port;     /* 0 = no admin port */
-    char *admin_users;  /* comma-separated: may run every admin command */
-    char *stats_users;  /* comma-separated: may only SHOW */
+    char *admin_addr;  /* admin port: console and HTTP (daemon/admin.c) */
+    int admin_port;    /* 0 = no admin port */
+    char *admin_users; /* comma-separated: may run every admin command */
+    char *stats_users; /* comma-separated: may only SHOW */
     PoolMode pool_mode;
     AuthType auth_type;
     char *auth_file;
     int pool_size;
     int max_overflow;
-    double pool_timeout;   /* seconds */
-    int pool_recycle;      /* seconds, -1 = never */
+    double pool_timeout; /* seconds */
+    int pool_recycle;    /* seconds, -1 = never */
     bool pool_pre_ping;
-    double pre_ping_idle;  /* seconds */
+    double pre_ping_idle; /* seconds */
     int max_client_conn;
     double client_login_timeout;   /* seconds, 0 = none */
     double server_connect_timeout; /* seconds */
@@ -83,6 +92,11 @@ typedef struct Config {
     char *logfile;           /* empty = stderr only */
     bool syslog;
     char *syslog_ident;
+    N1Mode n1_mode;
+    int n1_threshold;     /* executions of a run that make it an N+1 report */
+    int n1_result_memory; /* result values remembered per client session */
+    int n1_max_patterns;  /* N+1 patterns kept per worker */
+    int shape_cache_size; /* analysed shapes kept per worker (also SHOW QUERIES rows) */
 
     DbConf *dbs;
     int ndbs;

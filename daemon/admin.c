@@ -6,6 +6,7 @@
  */
 #include "daemon/admin.h"
 #include "daemon/log.h"
+#include "daemon/orm_feed.h"
 #include "proto/msg.h"
 
 #include <arpa/inet.h>
@@ -31,8 +32,9 @@
 /* The only database the console answers to. */
 #define ADMIN_DBNAME "pgcoalesce"
 
-#define T_TEXT 25
-#define T_INT8 20
+#define T_TEXT   25
+#define T_INT8   20
+#define T_FLOAT8 701
 
 static void admin_on_io(void *arg, IoEvent ev);
 
@@ -648,6 +650,133 @@ static void show_version(AdminConn *a, const Args *args)
     res_end(&r, "SHOW");
 }
 
+/* Wall-clock microseconds as local time, "" for 0. */
+static const char *fmt_wall_us(char *buf, size_t len, uint64_t us)
+{
+    time_t t = (time_t)(us / 1000000);
+    struct tm tm;
+
+    if (us == 0) {
+        buf[0] = '\0';
+        return buf;
+    }
+    localtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+    return buf;
+}
+
+/* The N+1 patterns, most child time first (see docs/operations.md). */
+static void show_n1(AdminConn *a, const Args *args)
+{
+    static const char *const cols[] = {"parent_sql",
+                                       "child_sql",
+                                       "key_column",
+                                       "key_source",
+                                       "occurrences",
+                                       "total_run_length",
+                                       "max_run_length",
+                                       "avg_run_length",
+                                       "child_time_us",
+                                       "time_per_run_us",
+                                       "child_rows",
+                                       "first_seen",
+                                       "last_seen",
+                                       "application_name",
+                                       "user",
+                                       "database",
+                                       "fix"};
+    static const uint32_t types[] = {T_TEXT, T_TEXT,   T_TEXT, T_TEXT, T_INT8, T_INT8,
+                                     T_INT8, T_FLOAT8, T_INT8, T_INT8, T_INT8, T_TEXT,
+                                     T_TEXT, T_TEXT,   T_TEXT, T_TEXT, T_TEXT};
+    const N1Table *t = a->ops->w->orm->n1;
+    N1TableStats st;
+    const N1Pattern **pats;
+    Res r = res_begin(a, 17, cols, types);
+    size_t n;
+
+    n1_table_stats(t, &st);
+    pats = st.count ? malloc(st.count * sizeof(*pats)) : NULL;
+    n = pats ? n1_table_sorted(t, pats, st.count) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const N1Pattern *p = pats[i];
+        char b[8][24], first[32], last[32], avg[32], fix[1024];
+        snprintf(avg, sizeof(avg), "%.2f",
+                 p->occurrences ? (double)p->total_run_len / (double)p->occurrences : 0.0);
+        n1_pattern_fix(p, fix, sizeof(fix));
+        {
+            const char *v[] = {p->parent_sql,
+                               p->child_sql,
+                               p->key_column,
+                               p->key_source,
+                               fmt_u64(b[0], p->occurrences),
+                               fmt_u64(b[1], p->total_run_len),
+                               fmt_u64(b[2], p->max_run_len),
+                               avg,
+                               fmt_u64(b[3], p->child_us),
+                               fmt_u64(b[4], p->occurrences ? p->child_us / p->occurrences : 0),
+                               fmt_u64(b[5], p->child_rows),
+                               fmt_wall_us(first, sizeof(first), p->first_seen_us),
+                               fmt_wall_us(last, sizeof(last), p->last_seen_us),
+                               p->application_name,
+                               p->user,
+                               p->database,
+                               fix};
+            res_row(&r, v);
+        }
+    }
+    free(pats);
+    res_end(&r, "SHOW");
+}
+
+/* Statement statistics per shape, most total time first; unknown shapes last. */
+static void show_queries(AdminConn *a, const Args *args)
+{
+    static const char *const cols[] = {"sql",           "kind",        "read_only",   "calls",
+                                       "total_time_us", "avg_time_us", "max_time_us", "rows",
+                                       "first_seen",    "last_seen"};
+    static const uint32_t types[] = {T_TEXT, T_TEXT, T_TEXT, T_INT8, T_INT8,
+                                     T_INT8, T_INT8, T_INT8, T_TEXT, T_TEXT};
+    const QStats *q = a->ops->w->orm->queries;
+    QStatsSummary sum;
+    const QueryStat **ents;
+    Res r = res_begin(a, 10, cols, types);
+    char b[6][24], first[32], last[32];
+    size_t n;
+
+    qstats_summary(q, &sum);
+    ents = sum.count ? malloc(sum.count * sizeof(*ents)) : NULL;
+    n = ents ? qstats_sorted(q, ents, sum.count) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const QueryStat *e = ents[i];
+        const char *v[] = {e->info->sql,
+                           shape_kind_name(e->info->kind),
+                           e->info->flags & SHAPE_F_READ_ONLY ? "yes" : "no",
+                           fmt_u64(b[0], e->calls),
+                           fmt_u64(b[1], e->total_us),
+                           fmt_u64(b[2], e->calls ? e->total_us / e->calls : 0),
+                           fmt_u64(b[3], e->max_us),
+                           fmt_u64(b[4], e->rows),
+                           fmt_wall_us(first, sizeof(first), e->first_us),
+                           fmt_wall_us(last, sizeof(last), e->last_us)};
+        res_row(&r, v);
+    }
+    free(ents);
+    if (sum.unknown_calls) {
+        const char *v[] = {"(statements of unknown shape)",
+                           "unknown",
+                           "no",
+                           fmt_u64(b[0], sum.unknown_calls),
+                           fmt_u64(b[1], sum.unknown_us),
+                           fmt_u64(b[2], sum.unknown_us / sum.unknown_calls),
+                           NULL,
+                           NULL,
+                           NULL,
+                           NULL};
+        res_row(&r, v);
+    }
+    res_end(&r, "SHOW");
+}
+
 static void show_help(AdminConn *a, const Args *args);
 
 typedef struct AdminShow {
@@ -663,6 +792,10 @@ static const AdminShow shows[] = {
     {"servers", show_servers, "one row per server connection"},
     {"databases", show_databases, "the [databases] entries and their pool settings"},
     {"config", show_config, "every setting: value, default, whether RELOAD changes it"},
+    {"n1", show_n1,
+     "N+1 patterns (parent and child statement) with run lengths, time and the fix, most time "
+     "first"},
+    {"queries", show_queries, "statement statistics per shape: calls, time, rows"},
     {"version", show_version, "the pgcoalesce version"},
     {"help", show_help, "this list"},
 };

@@ -65,4 +65,9 @@ void stats_render_metrics(const Ops *ops, struct evbuffer *out);
 /* The same numbers as one JSON object. */
 void stats_render_json(const Ops *ops, struct evbuffer *out);
 
+/* orm_report.c: GET /n1, GET /queries and the ORM families of /metrics */
+void orm_render_n1_json(const Ops *ops, struct evbuffer *out);
+void orm_render_queries_json(const Ops *ops, struct evbuffer *out);
+void orm_render_metrics(const Ops *ops, struct evbuffer *out);
+
 #endif

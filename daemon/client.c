@@ -398,8 +398,8 @@ static void client_auth_message(Client *c, const uint8_t *body, uint32_t len)
             client_error_close(c, "53200", "out of memory preparing SCRAM");
             return;
         }
-        if (!scram_server_first(c->scram, &sec, (const char *)data, (size_t)dlen, out,
-                                sizeof(out), &err)) {
+        if (!scram_server_first(c->scram, &sec, (const char *)data, (size_t)dlen, out, sizeof(out),
+                                &err)) {
             client_error_close(c, "08P01", "%s", err ? err : "malformed SCRAM message");
             return;
         }
@@ -449,8 +449,8 @@ static void client_startup(Client *c, const StartupPacket *sp)
         }
         if (strcmp(n, "options") == 0) {
             if (!client_parse_options(c, v)) {
-                client_error_close(c, "22023",
-                                   "invalid startup options \"%s\": use -c name=value", v);
+                client_error_close(c, "22023", "invalid startup options \"%s\": use -c name=value",
+                                   v);
                 return;
             }
             continue;
@@ -625,8 +625,8 @@ typedef enum {
     QK_DROPS_STATEMENTS, /* DEALLOCATE [PREPARE] ALL */
     QK_DISCARD_ALL,      /* drops statements and resets parameters */
     QK_RESET_ALL,
-    QK_RESET_ONE,        /* RESET name */
-    QK_DEALLOCATE_ONE,   /* DEALLOCATE [PREPARE] name */
+    QK_RESET_ONE,      /* RESET name */
+    QK_DEALLOCATE_ONE, /* DEALLOCATE [PREPARE] name */
 } QueryKind;
 
 /* Cheap filter before query_kind: does the text start with R or D? */
@@ -750,13 +750,13 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
         pkt_end(b);
         ok = rq_push(s, RQ_PARSE_DUP, NULL, name);
         if (ok)
-            server_send(s, b);
+            server_queue(s, b);
         goto done;
     }
     if (type == 'P') {
         ps = ps_intern(reg, r.p + r.pos, mr_remaining(&r));
-        ok = ps && client_stmts_put(&c->stmts, reg, name, ps) &&
-             server_ensure_prepared(s, ps, name);
+        ok =
+            ps && client_stmts_put(&c->stmts, reg, name, ps) && server_ensure_prepared(s, ps, name);
         if (ps)
             ps_unref(reg, ps);
         goto done;
@@ -790,7 +790,7 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
     pkt_end(b);
     ok = rq_push(s, kind, NULL, NULL);
     if (ok)
-        server_send(s, b);
+        server_queue(s, b);
 done:
     evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
     if (!ok)
@@ -864,8 +864,8 @@ static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text,
     PktBuf *b;
     size_t textlen;
 
-    if (!end || query_kind(text, (size_t)(end - text), true, name, sizeof(name)) !=
-                    QK_DEALLOCATE_ONE)
+    if (!end ||
+        query_kind(text, (size_t)(end - text), true, name, sizeof(name)) != QK_DEALLOCATE_ONE)
         return false;
     ps = client_stmts_get(&c->stmts, name);
     if (!ps || evbuffer_get_length(c->io.in) < *fwd + PROTO_HDR_LEN + len)
@@ -983,9 +983,8 @@ static void client_process(Client *c)
             uint32_t raw = ((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
                            ((uint32_t)hdr[3] << 8) | hdr[4];
             if (raw >= 4)
-                client_error_close(c, "08P01",
-                                   "message of %u bytes exceeds max_packet_size (%d)", raw,
-                                   cfg->max_packet_size);
+                client_error_close(c, "08P01", "message of %u bytes exceeds max_packet_size (%d)",
+                                   raw, cfg->max_packet_size);
             else
                 client_error_close(c, "08P01", "invalid message length %u", raw);
             return;
@@ -1079,6 +1078,7 @@ static void client_process(Client *c)
         return; /* only part of a header so far */
     s->pool->stats.bytes_in += fwd;
     io_forward(&s->io, c->io.in, fwd);
+    io_push(&s->io); /* rewritten messages queued without bytes to forward after them */
     server_settle(s);
     if (s->io.congested)
         io_read(&c->io, false); /* resumed when the server drains */
@@ -1114,7 +1114,8 @@ Client *client_find_cancel(Worker *w, int32_t pid, int32_t key)
 {
     for (ListNode *pn = list_first(&w->pools); pn; pn = list_next(&w->pools, pn)) {
         Pool *p = list_entry(pn, Pool);
-        for (ListNode *n = list_first(&p->active_clients); n; n = list_next(&p->active_clients, n)) {
+        for (ListNode *n = list_first(&p->active_clients); n;
+             n = list_next(&p->active_clients, n)) {
             Client *c = list_entry(n, Client);
             if (c->cancel_pid == pid && c->cancel_key == key)
                 return c;

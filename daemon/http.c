@@ -1,5 +1,5 @@
 /*
- * HTTP/1.1 on the admin port: GET (or HEAD) /metrics, /stats, /healthz.
+ * HTTP/1.1 on the admin port: GET (or HEAD) /metrics, /stats, /n1, /queries, /healthz.
  * One bounded request per connection, answered whole and closed
  * ("Connection: close"); nothing here waits on anything but the socket.
  */
@@ -32,6 +32,18 @@ static void route_stats(Ops *ops, HttpAnswer *ans)
     stats_render_json(ops, ans->body);
 }
 
+static void route_n1(Ops *ops, HttpAnswer *ans)
+{
+    ans->content_type = "application/json";
+    orm_render_n1_json(ops, ans->body);
+}
+
+static void route_queries(Ops *ops, HttpAnswer *ans)
+{
+    ans->content_type = "application/json";
+    orm_render_queries_json(ops, ans->body);
+}
+
 /* 200 while new transactions are served; 503 while paused or shutting down. */
 static void route_healthz(Ops *ops, HttpAnswer *ans)
 {
@@ -47,9 +59,8 @@ typedef struct HttpRoute {
 } HttpRoute;
 
 static const HttpRoute routes[] = {
-    {"/metrics", route_metrics},
-    {"/stats", route_stats},
-    {"/healthz", route_healthz},
+    {"/metrics", route_metrics}, {"/stats", route_stats},     {"/n1", route_n1},
+    {"/queries", route_queries}, {"/healthz", route_healthz},
 };
 
 static const char *http_reason(int status)
@@ -142,7 +153,7 @@ static void http_request(AdminConn *a, char *line)
         evbuffer_free(ans.body);
         return;
     }
-    http_fail(a, 404, "not found; try /metrics, /stats or /healthz");
+    http_fail(a, 404, "not found; try /metrics, /stats, /n1, /queries or /healthz");
 }
 
 void http_input(AdminConn *a)

@@ -11,7 +11,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define IO_READ_CHUNK 16384
+#define IO_READ_CHUNK      16384
 #define IO_READS_PER_EVENT 4
 
 static void io_on_readable(evutil_socket_t fd, short what, void *arg);
@@ -160,6 +160,18 @@ static void io_flush(Io *io)
     } else if (!io->connecting && event_pending(io->wev, EV_WRITE, NULL)) {
         event_del(io->wev);
     }
+}
+
+void io_queue(Io *io, const void *data, size_t len)
+{
+    if (!io->closed)
+        evbuffer_add(io->out, data, len);
+}
+
+void io_push(Io *io)
+{
+    if (evbuffer_get_length(io->out) > 0)
+        io_flush(io);
 }
 
 void io_send(Io *io, const void *data, size_t len)

@@ -42,11 +42,11 @@ typedef struct Io {
     void *owner;
     int err;
     bool connecting;
-    bool read_on;     /* read interest wanted by the owner */
-    bool congested;   /* output went over the watermark; owner told on drain */
+    bool read_on;   /* read interest wanted by the owner */
+    bool congested; /* output went over the watermark; owner told on drain */
     bool closed;
-    bool tls;                /* traffic is encrypted (after io_start_tls) */
-    char tls_error[128];     /* last OpenSSL error, for messages */
+    bool tls;            /* traffic is encrypted (after io_start_tls) */
+    char tls_error[128]; /* last OpenSSL error, for messages */
 } Io;
 
 /* Wrap fd (already non-blocking). Returns false on allocation failure. */
@@ -71,6 +71,11 @@ bool io_start_tls(struct Io *io, struct ssl_st *ssl, bool accept)
     __attribute__((warn_unused_result));
 /* Append bytes to the output and try to send them now. */
 void io_send(struct Io *io, const void *data, size_t len);
+/* Append bytes to the output; they go with the next io_push/io_send/io_forward,
+ * so that several messages leave in one syscall. */
+void io_queue(struct Io *io, const void *data, size_t len);
+/* Send whatever io_queue left waiting. */
+void io_push(struct Io *io);
 /* Forward the first n bytes of src: written straight from src when the
  * output is empty, queued otherwise. src is drained by n. */
 void io_forward(struct Io *io, struct evbuffer *src, size_t n);

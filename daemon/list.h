@@ -52,7 +52,7 @@ static inline ListNode *list_next(const List *l, const ListNode *n)
     return n->next == &l->head ? NULL : n->next;
 }
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-#define list_entry(ln, type) ((ln) ? container_of(ln, type, node) : NULL)
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define list_entry(ln, type)            ((ln) ? container_of(ln, type, node) : NULL)
 
 #endif

@@ -104,9 +104,9 @@ bool params_copy(ParamSet *dst, const ParamSet *src)
 
 bool params_read_only(const char *name)
 {
-    static const char *const ro[] = {"server_version", "server_encoding", "integer_datetimes",
-                                     "is_superuser",   "session_authorization",
-                                     "in_hot_standby", "scram_iterations", NULL};
+    static const char *const ro[] = {
+        "server_version",        "server_encoding", "integer_datetimes", "is_superuser",
+        "session_authorization", "in_hot_standby",  "scram_iterations",  NULL};
     for (int i = 0; ro[i]; i++)
         if (strcasecmp(ro[i], name) == 0)
             return true;

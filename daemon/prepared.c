@@ -16,7 +16,7 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
 /* Grow a chained hash table to twice its size when count reaches it. */
 #define REHASH(m, type, hashof)                                                                    \
     do {                                                                                           \
-        size_t nb_ = (m)->nbuckets ? (m)->nbuckets * 2 : 16;                                      \
+        size_t nb_ = (m)->nbuckets ? (m)->nbuckets * 2 : 16;                                       \
         type **b_ = calloc(nb_, sizeof(*b_));                                                      \
         if (!b_)                                                                                   \
             break;                                                                                 \
@@ -46,6 +46,7 @@ void ps_registry_free(PsRegistry *r)
         PreparedStmt *ps = r->buckets[i], *next;
         for (; ps; ps = next) {
             next = ps->next;
+            orm_shape_cache_free(ps->orm);
             free(ps->body);
             free(ps);
         }
@@ -110,6 +111,7 @@ void ps_unref(PsRegistry *r, PreparedStmt *ps)
             break;
         }
     }
+    orm_shape_cache_free(ps->orm);
     free(ps->body);
     free(ps);
 }

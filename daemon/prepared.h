@@ -25,7 +25,11 @@ typedef struct PreparedStmt {
     uint8_t *body;
     size_t body_len;
     int refs; /* client names + server entries + queued items */
+    struct OrmShapeCache *orm; /* the ORM layer's shape of the text, from its first Bind; or NULL */
 } PreparedStmt;
+
+/* daemon/orm_feed.c: frees PreparedStmt.orm. */
+void orm_shape_cache_free(struct OrmShapeCache *cache);
 
 /* All statements of one worker, found by content. */
 typedef struct PsRegistry {

@@ -6,6 +6,7 @@
  * the backend already has), each at the right place in the stream.
  */
 #include "daemon/log.h"
+#include "daemon/orm_feed.h"
 #include "daemon/worker.h"
 #include "proto/msg.h"
 
@@ -33,6 +34,7 @@ bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
     it = &s->rq[(s->rq_head + s->rq_len) % s->rq_cap];
     it->kind = kind;
     it->flags = 0;
+    it->n1 = 0;
     it->ps = ps;
     it->client_name = NULL;
     if (client_name) {
@@ -337,6 +339,9 @@ void server_relay(Server *s)
             return;
         }
         head = rq_head(s);
+        /* The ORM layer follows this answer: before the switch pops the item. */
+        if (head && orm_follows(head, type) && !orm_server_message(s, type, len, &cur, &fwd))
+            goto out;
         switch (type) {
         case 'Z':
             if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN + 1))
@@ -560,7 +565,8 @@ bool server_ensure_prepared(Server *s, PreparedStmt *ps, const char *client_name
     if (!server_stmts_add(&s->stmts, &s->w->prepared, ps) ||
         !rq_push(s, client_name ? RQ_PARSE : RQ_HIDDEN_PARSE, ps, client_name))
         goto oom;
-    server_send(s, b);
+    /* Leaves with the client's Bind/Describe that needed it (io_push). */
+    server_queue(s, b);
     return s->state != SV_CLOSING;
 oom:
     server_close(s, "out of memory");

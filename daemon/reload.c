@@ -8,6 +8,7 @@
  */
 #include "daemon/log.h"
 #include "daemon/ops.h"
+#include "daemon/orm_feed.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +123,7 @@ bool ops_reload(Ops *ops, char *err, size_t errlen)
                     "value%s",
                     fixed, ops->config_path, nfixed == 1 ? "s" : "", nfixed == 1 ? "" : "s");
     w->cfg = next;
+    orm_worker_configure(w); /* n1_threshold, n1_result_memory */
     for (ListNode *n = list_first(&w->pools); n; n = list_next(&w->pools, n))
         reload_apply_pool(list_entry(n, Pool), next);
     /* Kept for now: the running callback may still hold cur. The one

@@ -268,6 +268,15 @@ void server_send(Server *s, PktBuf *b)
     io_send(&s->io, b->data, b->len);
 }
 
+void server_queue(Server *s, PktBuf *b)
+{
+    if (b->failed) {
+        server_close(s, "out of memory");
+        return;
+    }
+    io_queue(&s->io, b->data, b->len);
+}
+
 static void server_send_startup(Server *s)
 {
     const char *kv[] = {"user", s->pool->server_user, "database", s->pool->dbname, NULL};
@@ -339,9 +348,8 @@ static bool server_auth(Server *s, MsgReader *r)
         break;
     }
     case AUTH_REQ_SASL_CONTINUE:
-        if (!s->scram ||
-            !scram_client_final(s->scram, pw, (const char *)r->p + r->pos, mr_remaining(r), out,
-                                sizeof(out), &err)) {
+        if (!s->scram || !scram_client_final(s->scram, pw, (const char *)r->p + r->pos,
+                                             mr_remaining(r), out, sizeof(out), &err)) {
             server_fail(s, "08P01", "SCRAM exchange with server failed: %s",
                         err ? err : "unexpected message");
             return false;
@@ -489,8 +497,8 @@ static bool server_tls_answer(Server *s)
                     "server %s:%d does not support TLS, but server_tls_sslmode requires it",
                     s->pool->host, s->pool->port);
     else
-        server_fail(s, "08P01", "unexpected answer to SSLRequest from server %s:%d",
-                    s->pool->host, s->pool->port);
+        server_fail(s, "08P01", "unexpected answer to SSLRequest from server %s:%d", s->pool->host,
+                    s->pool->port);
     return false;
 }
 
@@ -579,8 +587,7 @@ static void server_on_io(void *arg, IoEvent ev)
                 server_fail(s, "08006", "server %s:%d closed the connection during login",
                             s->pool->host, s->pool->port);
         } else {
-            server_close(s, ev == IO_EOF ? "server closed the connection"
-                                         : strerror(s->io.err));
+            server_close(s, ev == IO_EOF ? "server closed the connection" : strerror(s->io.err));
         }
         break;
     }

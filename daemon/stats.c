@@ -142,6 +142,7 @@ POOL_GETTER(get_ping_failures, p->stats.ping_failures)
 POOL_GETTER(get_recycled, p->stats.recycled)
 POOL_GETTER(get_timeouts, p->stats.timeouts)
 POOL_GETTER(get_connect_failures, p->stats.connect_failures)
+POOL_GETTER(get_n1_runs, p->stats.n1_runs)
 
 static const PoolMetric pool_metrics[] = {
     {"pgcoalesce_waiting_clients", "gauge", "Clients waiting for a server connection.",
@@ -170,6 +171,10 @@ static const PoolMetric pool_metrics[] = {
      "Clients that waited pool_timeout for a server connection in vain.", get_timeouts},
     {"pgcoalesce_server_connect_failures_total", "counter",
      "Attempts to open a server connection that failed.", get_connect_failures},
+    {"pgcoalesce_n1_runs_total", "counter",
+     "N+1 runs (a child statement repeated n1_threshold times for the rows of its parent) "
+     "detected in the pool's client sessions.",
+     get_n1_runs},
 };
 
 static void prom_pool_families(struct evbuffer *out, const Worker *w, double now)
@@ -298,6 +303,7 @@ void stats_render_metrics(const Ops *ops, struct evbuffer *out)
     prom_histogram(out, w, "pgcoalesce_wait_duration_seconds",
                    "Time clients waited for a server connection.", offsetof(PoolStats, wait_hist),
                    offsetof(PoolStats, wait_usec));
+    orm_render_metrics(ops, out);
 }
 
 /* ---- JSON ------------------------------------------------------------------------------ */

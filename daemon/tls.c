@@ -79,10 +79,9 @@ static SSL_CTX *tls_server_side(const Config *cfg, char *err, size_t len)
             goto fail;
         }
     }
-    SSL_CTX_set_verify(ctx,
-                       cfg->server_tls_sslmode >= SERVER_TLS_VERIFY_CA ? SSL_VERIFY_PEER
-                                                                       : SSL_VERIFY_NONE,
-                       NULL);
+    SSL_CTX_set_verify(
+        ctx, cfg->server_tls_sslmode >= SERVER_TLS_VERIFY_CA ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
+        NULL);
     return ctx;
 fail:
     SSL_CTX_free(ctx);

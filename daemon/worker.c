@@ -179,8 +179,7 @@ static bool worker_add_listener(Worker *w, const struct sockaddr *sa, socklen_t 
     struct evconnlistener *l;
 
     l = evconnlistener_new_bind(w->base, worker_on_accept, w,
-                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                    LEV_OPT_CLOSE_ON_EXEC,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
                                 1024, sa, (int)len);
     if (!l) {
         log_error("could not listen on %s: %s", what, strerror(errno));
@@ -241,8 +240,7 @@ bool worker_listen(Worker *w)
         sun.sun_family = AF_UNIX;
         if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d",
                              cfg->unix_socket_dir, cfg->listen_port) >= sizeof(sun.sun_path)) {
-            log_error("unix_socket_dir \"%s\" is too long for a socket path",
-                      cfg->unix_socket_dir);
+            log_error("unix_socket_dir \"%s\" is too long for a socket path", cfg->unix_socket_dir);
             return false;
         }
         unlink(sun.sun_path);

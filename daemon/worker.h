@@ -23,6 +23,8 @@ typedef struct Worker Worker;
 typedef struct Pool Pool;
 typedef struct Client Client;
 typedef struct Server Server;
+struct ClientOrm;
+struct OrmWorker;
 
 /* Every client is on exactly one list; the state names the list. */
 typedef enum {
@@ -72,6 +74,7 @@ typedef struct PoolStats {
     uint64_t query_usec;                     /* total time of query_hist's queries */
     uint64_t query_hist[STATS_HIST_BUCKETS]; /* request to ReadyForQuery */
     uint64_t wait_hist[STATS_HIST_BUCKETS];  /* waits for a server, as wait_usec */
+    uint64_t n1_runs;                        /* N+1 runs detected (n1_threshold reached) */
 } PoolStats;
 
 struct Pool {
@@ -97,9 +100,9 @@ struct Pool {
     List active_servers;
     List testing_servers;
 
-    ParamSet welcome;     /* parameters reported by the first server login */
+    ParamSet welcome; /* parameters reported by the first server login */
     bool have_welcome;
-    double last_failure;  /* when pre-ping last found a dead server */
+    double last_failure; /* when pre-ping last found a dead server */
     double last_connect_error_at;
     char last_connect_error[256];
     PoolStats stats;
@@ -117,8 +120,8 @@ struct Client {
     char addr[64];
     char *user;
     char *database;
-    ParamSet startup; /* parameters from the startup packet */
-    ParamSet params;  /* what the session should see: welcome + startup + SETs */
+    ParamSet startup;  /* parameters from the startup packet */
+    ParamSet params;   /* what the session should see: welcome + startup + SETs */
     ClientStmts stmts; /* named prepared statements (transaction mode) */
     int32_t cancel_pid;
     int32_t cancel_key;
@@ -127,8 +130,9 @@ struct Client {
     double connect_time;
     double wait_since; /* when it started waiting for a server */
     uint32_t pkt_left; /* bytes of the current message still to forward */
-    bool discarding; /* an error was sent for a query that never ran: drop until Query/Sync */
+    bool discarding;   /* an error was sent for a query that never ran: drop until Query/Sync */
     double linger_since;
+    struct ClientOrm *orm; /* shapes and N+1 session (daemon/orm_feed.h); NULL until used */
 };
 
 /*
@@ -161,8 +165,11 @@ typedef enum {
 typedef struct RqItem {
     RqKind kind;
     uint8_t flags;
+    uint8_t n1;        /* ORM_RQ_* (daemon/orm_feed.h): 0 unless the ORM layer follows this item */
+    uint32_t n1_seq;   /* with ORM_RQ_TRACK: the client's statement it carries */
     PreparedStmt *ps;  /* Parse items: the statement (a reference) */
-    char *client_name; /* RQ_PARSE, RQ_PARSE_DUP: the client's statement name; RQ_RESET_ONE: the parameter */
+    char *client_name; /* RQ_PARSE, RQ_PARSE_DUP: the client's statement name; RQ_RESET_ONE: the
+                          parameter */
 } RqItem;
 
 struct Server {
@@ -174,23 +181,23 @@ struct Server {
     Io io;
     int32_t be_pid;
     int32_t be_key;
-    ParamSet params;    /* values this backend currently has */
+    ParamSet params; /* values this backend currently has */
     double connect_time;
-    double idle_since;  /* last time it became idle */
-    double recycle_at;  /* close when next idle after this; 0 = never */
+    double idle_since; /* last time it became idle */
+    double recycle_at; /* close when next idle after this; 0 = never */
     ScramClient *scram;
     bool logged_in;
-    uint32_t pkt_left;  /* bytes of the current message still to forward */
-    char tx_status;     /* from the last ReadyForQuery */
-    RqItem *rq;         /* answers still due from the server, oldest first (a ring) */
+    uint32_t pkt_left; /* bytes of the current message still to forward */
+    char tx_status;    /* from the last ReadyForQuery */
+    RqItem *rq;        /* answers still due from the server, oldest first (a ring) */
     uint32_t rq_head;
     uint32_t rq_len;
     uint32_t rq_cap;
     bool skip_until_sync; /* the server reported an error and ignores messages up to Sync */
-    ServerStmts stmts;  /* named statements prepared on this backend (transaction mode) */
-    bool dirty;         /* extended-protocol messages forwarded since the last Sync */
-    bool copy_in;       /* in COPY FROM STDIN: client sends data */
-    bool internal_error; /* one of the proxy's own queries failed */
+    ServerStmts stmts;    /* named statements prepared on this backend (transaction mode) */
+    bool dirty;           /* extended-protocol messages forwarded since the last Sync */
+    bool copy_in;         /* in COPY FROM STDIN: client sends data */
+    bool internal_error;  /* one of the proxy's own queries failed */
     bool close_when_idle;
     struct sockaddr_storage addr; /* where it connected, for CancelRequest */
     socklen_t addrlen;
@@ -214,13 +221,14 @@ struct Worker {
     List linger_clients;
     List just_free_clients;
     List just_free_servers;
-    int nclients; /* every client not yet freed, for max_client_conn */
-    PktBuf scratch; /* reused for every message the proxy builds */
-    PsRegistry prepared; /* every named statement any client prepared */
+    int nclients;                  /* every client not yet freed, for max_client_conn */
+    PktBuf scratch;                /* reused for every message the proxy builds */
+    PsRegistry prepared;           /* every named statement any client prepared */
     struct ssl_ctx_st *client_tls; /* NULL: client_tls_sslmode = disable */
     struct ssl_ctx_st *server_tls; /* NULL: server_tls_sslmode = disable */
     bool shutting_down;
-    struct Ops *ops; /* admin port, signals, reload, shutdown: daemon/ops.h */
+    struct Ops *ops;       /* admin port, signals, reload, shutdown: daemon/ops.h */
+    struct OrmWorker *orm; /* shapes, N+1 patterns, statement statistics: daemon/orm_feed.h */
 };
 
 double now_sec(void);
@@ -287,6 +295,8 @@ int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *
 bool server_note_param(Server *s, const uint8_t *body, uint32_t len);
 /* Send a message the proxy built; closes s if building it failed. */
 void server_send(Server *s, PktBuf *b);
+/* The same, but leave it queued to go with the client's next bytes. */
+void server_queue(Server *s, PktBuf *b);
 /* Idle input: parameters and notices are fine, anything else ends s. */
 void server_idle_input(Server *s);
 

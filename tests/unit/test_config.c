@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 36
+#define NSETTINGS 41
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -231,6 +231,12 @@ static const BadCase bad_cases[] = {
      "max_overflow must be an integer from 0 to 10000, not \"-1\""},
     {"[databases]\napp = host=a pool_mode=statement\n", NULL, "pgcoalesce.ini", 2,
      "pool_mode must be session or transaction, not \"statement\""},
+    {"[pgcoalesce]\nn1_mode = on\n", NULL, "pgcoalesce.ini", 2,
+     "n1_mode must be off, detect or batch, not \"on\""},
+    {"[pgcoalesce]\nn1_threshold = 1\n", NULL, "pgcoalesce.ini", 2,
+     "n1_threshold must be an integer from 2 to 1000000, not \"1\""},
+    {"[pgcoalesce]\nshape_cache_size = 0\n", NULL, "pgcoalesce.ini", 2,
+     "shape_cache_size must be an integer from 1 to 10000000, not \"0\""},
     {"[databases]\napp = host=a password='abc\n", NULL, "pgcoalesce.ini", 2,
      "the quoted value of password has no closing quote"},
     {"[databases]\napp = host=a password='it\\'\n", NULL, "pgcoalesce.ini", 2, "no closing quote"},
@@ -426,6 +432,11 @@ static void test_defaults(void **state)
     assert_true(cfg->server_connect_timeout == 15.0);
     assert_int_equal(cfg->max_packet_size, 268435456);
     assert_int_equal(cfg->log_level, LOG_INFO);
+    assert_int_equal(cfg->n1_mode, N1_MODE_DETECT);
+    assert_int_equal(cfg->n1_threshold, 5);
+    assert_int_equal(cfg->n1_result_memory, 1000);
+    assert_int_equal(cfg->n1_max_patterns, 1000);
+    assert_int_equal(cfg->shape_cache_size, 10000);
     assert_int_equal(cfg->nusers, 0);
     assert_null(cfg->users);
     assert_null(config_find_user(cfg, "anyone"));
@@ -503,7 +514,7 @@ static void test_full_config(void **state)
     assert_int_equal(db->pool_size, 20);
     assert_int_equal(db->max_overflow, 3);
     assert_int_equal(db->pool_mode, POOL_TRANSACTION);
-    assert_int_equal(db->line, 42);
+    assert_int_equal(db->line, 47);
     db = &cfg->dbs[1];
     assert_string_equal(db->name, "reports");
     assert_string_equal(db->host, "/var/run/postgresql");
@@ -512,7 +523,7 @@ static void test_full_config(void **state)
     assert_string_equal(db->user, "back\\slash");
     assert_null(db->password);
     assert_int_equal(db->pool_size, -1);
-    assert_int_equal(db->line, 43);
+    assert_int_equal(db->line, 48);
     db = &cfg->dbs[2];
     assert_string_equal(db->name, "*");
     assert_string_equal(db->host, "127.0.0.1");
@@ -943,6 +954,11 @@ static const struct {
     {"logfile", "", true, "/var/log/pgcoalesce/pgcoalesce.log"},
     {"syslog", "off", true, "on"},
     {"syslog_ident", "pgcoalesce", true, "pgc-test"},
+    {"n1_mode", "detect", true, "off"},
+    {"n1_threshold", "5", true, "8"},
+    {"n1_result_memory", "1000", true, "250"},
+    {"n1_max_patterns", "1000", false, "40"},
+    {"shape_cache_size", "10000", false, "300"},
 };
 
 static void test_config_item(void **state)

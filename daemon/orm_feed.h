@@ -1,0 +1,176 @@
+/*
+ * Feeding the ORM layer from the proxied streams. The daemon does not parse
+ * SQL: it hands statement texts, Bind values, RowDescriptions, DataRows and
+ * CommandComplete tags to orm/ (shapes, N+1 detector, statement statistics)
+ * at the right moments, and never changes a byte either side receives.
+ *
+ * When n1_mode is off nothing here is called: the client path tests the
+ * setting once per message and the relay tests RqItem.n1, which is 0.
+ *
+ * Order. The detector needs events in execution order, but a client may
+ * pipeline many statements before the first answer arrives. So the client
+ * side only shapes a statement and queues it on the client (a ring of
+ * OrmStmt, numbered by seq); the RqItem that will receive its answers gets
+ * ORM_RQ_TRACK and that number. The relay starts the statement (n1_statement)
+ * at the first answer to that item, feeds its result, and finishes it
+ * (n1_statement_done) at CommandComplete, an error or ReadyForQuery. Items
+ * the server skips after an error simply leave their ring entries behind;
+ * the next start drops them by number.
+ */
+#ifndef PGC_DAEMON_ORM_FEED_H
+#define PGC_DAEMON_ORM_FEED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/worker.h"
+#include "orm/n1.h"
+#include "orm/qstats.h"
+#include "orm/shape.h"
+#include "orm/shapes.h"
+
+/* RqItem.n1 bits. */
+#define ORM_RQ_TRACK    0x01 /* carries the client's statement n1_seq */
+#define ORM_RQ_STARTED  0x02 /* n1_statement was called for it */
+#define ORM_RQ_WANT     0x04 /* the detector wants its result rows */
+#define ORM_RQ_COLS     0x08 /* n1_result_columns was called */
+#define ORM_RQ_DONE     0x10 /* n1_statement_done was called */
+#define ORM_RQ_DESCRIBE 0x20 /* a Describe whose RowDescription is the next item's */
+
+/* Parameter hashes kept per queued statement: the detector compares
+ * N1_MAX_PARAMS one by one; the rest are folded into one more. */
+#define ORM_STMT_PARAMS (N1_MAX_PARAMS + 1)
+/* Longest client message (Query, Parse, Bind) or server row (RowDescription,
+ * DataRow) the ORM layer reads; longer ones are forwarded as they come and
+ * their statement is "unknown" (or, for a row, not remembered). */
+#define ORM_MAX_MSG 65536
+/* Bind values looked at; a $n beyond counts as NULL. */
+#define ORM_MAX_BINDS 4096
+/* Statements a client may have queued (pipelined) before their answers; more are not followed. */
+#define ORM_MAX_QUEUED 256
+
+/*
+ * Integers are compared by value. A key travels in whichever format the
+ * driver picked: psycopg 3 sends a small int as a binary int2 and reads
+ * results as text, asyncpg uses binary int4 both ways, psycopg2 and Django
+ * inline "5". So a binary value of an integer type (int2, int4, int8), or of
+ * unknown type and 2, 4 or 8 bytes long, is hashed as its decimal text, on
+ * both sides: Bind values and result cells.
+ */
+#define ORM_RES_TEXT   0 /* every result column in text */
+#define ORM_RES_BINARY 1 /* every result column in binary */
+#define ORM_RES_MIXED  2 /* per column: OrmStmt.res_bin */
+
+/* One statement of a client, from its shaping to its end. */
+typedef struct OrmStmt {
+    const ShapeInfo *info; /* a reference; NULL: unknown shape */
+    double sent;           /* now_sec() when it was forwarded */
+    uint32_t seq;
+    uint8_t nparams;
+    uint8_t res_fmt;  /* ORM_RES_*: result formats the Bind asked for */
+    bool no_result;   /* a multi-statement Query: counted, never remembered as a parent */
+    uint64_t res_bin; /* ORM_RES_MIXED: bit c set when column c is binary */
+    uint64_t params[ORM_STMT_PARAMS];
+} OrmStmt;
+
+/*
+ * A statement text's shape kept for its next executions, so that an
+ * extended-protocol execution (Bind, Execute) costs no normalising: each
+ * placeholder's value is either a Bind parameter or a literal of the text
+ * (hashed once). Kept on the PreparedStmt of a named statement and per
+ * client for the unnamed one (while its text stays the same). Texts with a
+ * folded list (IN ($1, $2)) are shaped at every Bind instead.
+ */
+typedef struct OrmParamSource {
+    uint32_t bind; /* the value of Bind parameter bind (1-based), or 0: */
+    uint64_t hash; /* ... the hash of a literal written in the text */
+} OrmParamSource;
+
+typedef struct OrmShapeCache {
+    const ShapeInfo *info; /* a reference */
+    uint32_t nparams;
+    OrmParamSource src[]; /* one per placeholder */
+} OrmShapeCache;
+
+/* Per worker. */
+typedef struct OrmWorker {
+    ShapeBuf *sb;
+    ShapeTable *shapes;
+    N1Table *n1;
+    QStats *queries;
+    uint8_t *msg;          /* ORM_MAX_MSG: one message copied whole, used and forgotten */
+    ShapeValue *binds;     /* ORM_MAX_BINDS */
+    char (*decimals)[24];  /* ORM_MAX_BINDS: binary integer Bind values as text */
+    uint64_t *hashes;      /* SHAPE_MAX_PARAMS */
+    double wall_offset;    /* wall clock minus now_sec(), for first/last seen */
+    uint64_t statements;   /* finished statements fed to the detector */
+    uint64_t unknown;      /* ... of which of unknown shape */
+    uint64_t runs;         /* N+1 runs that reached n1_threshold */
+    uint64_t new_patterns; /* first detections of a (parent, child) pattern */
+} OrmWorker;
+
+/* Per client, created at its first statement while n1_mode is on. */
+typedef struct ClientOrm {
+    N1Session *sess;
+    uint64_t params_digest; /* c->params.digest when application_name was last passed on */
+    OrmStmt *ring;          /* queued statements, oldest at head */
+    uint32_t head, len, cap;
+    uint32_t next_seq;
+    OrmStmt cur; /* the statement running (after start, until done) */
+    bool cur_open;
+    double cur_start; /* when it started: sent, or the previous one's end if later */
+    double last_done;
+    bool cols_typed;  /* the running statement's RowDescription was read: */
+    uint64_t col_int; /* ... bit c: column c is a binary integer */
+    /* extended protocol */
+    char *unnamed; /* the last unnamed Parse after its name: text, NUL, parameter types */
+    uint32_t unnamed_len, unnamed_size, unnamed_cap; /* text length, whole size, allocated */
+    bool unnamed_ok;                                 /* false: none, or too long to keep */
+    OrmShapeCache *unnamed_cache;                    /* the unnamed text's shape, or NULL */
+    OrmStmt bound; /* the unnamed portal's statement and values (last Bind) */
+    bool bound_ok;
+    ClientStmts named; /* session mode: the client's named statements (transaction mode
+                        * has them in c->stmts) */
+} ClientOrm;
+
+/* worker: tables sized from w->cfg; false when out of memory. */
+bool orm_worker_init(Worker *w) __attribute__((warn_unused_result));
+void orm_worker_free(Worker *w);
+/* A reload: new n1_threshold / n1_result_memory. */
+void orm_worker_configure(Worker *w);
+/* Wall clock in microseconds for a now_sec() value. */
+uint64_t orm_wall_us(const Worker *w, double mono);
+
+/*
+ * Client side, called only while n1_mode is on. Before a message is
+ * forwarded: false when the whole message is needed and has not arrived
+ * (the caller stops and waits). When the message is buffered but beyond
+ * what cur covers, the *fwd bytes before it are forwarded to s and cur is
+ * set up again over the message.
+ */
+bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *cur, size_t *fwd);
+/* After client_note_message queued the message's item (if any). */
+void orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len);
+/* A Bind naming a statement the proxy maps (transaction mode); body is the whole message body. */
+void orm_client_bind(Client *c, PreparedStmt *ps, const uint8_t *body, uint32_t len);
+void orm_client_free(Client *c);
+
+/*
+ * The relay's per-message test: does the ORM layer want to see this message
+ * of the head item? Not for items it does not follow, nor for DataRows of a
+ * started statement whose rows it does not want.
+ */
+static inline bool orm_follows(const RqItem *head, char type)
+{
+    return head->n1 &&
+           (type != 'D' || (head->n1 & (ORM_RQ_WANT | ORM_RQ_STARTED)) != ORM_RQ_STARTED);
+}
+
+/*
+ * Relay side: a server message while orm_follows() the head item. Returns
+ * false when the whole message is needed first (the caller waits); cur and
+ * *fwd as for orm_client_whole, towards the client.
+ */
+bool orm_server_message(Server *s, char type, uint32_t len, IoCursor *cur, size_t *fwd);
+
+#endif
