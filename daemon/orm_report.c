@@ -18,26 +18,11 @@ static const char *n1_mode_name(N1Mode m)
     return m == N1_MODE_OFF ? "off" : m == N1_MODE_BATCH ? "batch" : "detect";
 }
 
-static void js_string(struct evbuffer *out, const char *s)
-{
-    evbuffer_add(out, "\"", 1);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            evbuffer_add_printf(out, "\\%c", ch);
-        else if (ch < 0x20)
-            evbuffer_add_printf(out, "\\u%04x", ch);
-        else
-            evbuffer_add(out, s, 1);
-    }
-    evbuffer_add(out, "\"", 1);
-}
-
 /* "name":"value" with a leading comma unless first. */
 static void js_field(struct evbuffer *out, const char *name, const char *value, bool first)
 {
     evbuffer_add_printf(out, "%s\"%s\":", first ? "" : ",", name);
-    js_string(out, value);
+    stats_json_string(out, value);
 }
 
 /* Wall-clock microseconds as ISO 8601 UTC, null for 0. */

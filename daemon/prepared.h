@@ -24,7 +24,7 @@ typedef struct PreparedStmt {
     /* The Parse body after the statement name: query\0 int16 n, int32 oids[n]. */
     uint8_t *body;
     size_t body_len;
-    int refs; /* client names + server entries + queued items */
+    int refs;                  /* client names + server entries + queued items */
     struct OrmShapeCache *orm; /* the ORM layer's shape of the text, from its first Bind; or NULL */
 } PreparedStmt;
 

@@ -308,10 +308,10 @@ void stats_render_metrics(const Ops *ops, struct evbuffer *out)
 
 /* ---- JSON ------------------------------------------------------------------------------ */
 
-static void json_string(struct evbuffer *out, const char *s)
+void stats_json_string(struct evbuffer *out, const char *s)
 {
     evbuffer_add(out, "\"", 1);
-    for (; *s; s++) {
+    for (; s && *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\')
             evbuffer_add_printf(out, "\\%c", ch);
@@ -345,9 +345,9 @@ static void json_pool(struct evbuffer *out, const Pool *p, double now)
     const PoolStats *st = &p->stats;
 
     evbuffer_add(out, "{\"database\":", 12);
-    json_string(out, p->db_name);
+    stats_json_string(out, p->db_name);
     evbuffer_add(out, ",\"user\":", 8);
-    json_string(out, p->user_name);
+    stats_json_string(out, p->user_name);
     evbuffer_add_printf(out,
                         ",\"pool_mode\":\"%s\",\"pool_size\":%d,\"max_overflow\":%d,\"paused\":%s,"
                         "\"clients\":{\"active\":%d,\"waiting\":%d,\"idle\":%d},"

@@ -352,6 +352,9 @@ bool pool_paused(const Pool *p);
 void ops_tick(Worker *w, double now);
 /* stats.c: hot-path statistics, no allocation */
 void stats_observe(uint64_t *hist, uint64_t usec);
+/* Append s (NULL: empty) as a JSON string literal. */
+struct evbuffer;
+void stats_json_string(struct evbuffer *out, const char *s);
 /* A client message is forwarded to s: starts the query clock if idle. */
 void stats_query_begin(Server *s);
 /* s sent ReadyForQuery: the query clock stops. */
