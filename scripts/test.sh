@@ -44,6 +44,18 @@ run_suite() { # run_suite NAME BUILD-DIR BUILD-FLAGS...
     count_results "$logdir/$name.log"
 }
 
+# Formatting: every C file as the root .clang-format says (STYLE.md).
+if command -v clang-format >/dev/null 2>&1; then
+    unformatted=$(cd "$root" && git ls-files '*.c' '*.h' 2>/dev/null | while read -r f; do
+        clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || echo "$f"; done)
+    if [ -n "$unformatted" ]; then
+        echo "=== not formatted with .clang-format (run clang-format -i):"
+        echo "$unformatted"
+        failed+=("clang-format")
+        status=1
+    fi
+fi
+
 run_suite plain build
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
