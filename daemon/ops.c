@@ -61,8 +61,13 @@ bool ops_start(Ops *ops)
         return false;
     if (adopted == 0 && !worker_listen(w))
         return false;
-    if (!admin_listen(ops))
-        return false;
+    if (!admin_listen(ops)) {
+        /* The --upstream quick start puts the admin port next to the listen
+         * port on its own; if that one is taken, run without it. */
+        if (w->cfg->path)
+            return false;
+        log_warning("quick start: continuing without the admin port");
+    }
     if (!ops_signals_start(ops)) {
         log_error("could not set up signal handling");
         return false;
