@@ -1,5 +1,6 @@
 """The quick start: pgcoalesce --upstream URL [--listen host:port], no config file."""
 
+import socket
 import unittest
 
 import psycopg2
@@ -50,6 +51,36 @@ class QuickStartTrustTest(QuickStartCase):
         with self.proxy.raw() as c:
             c.login("app_trust", "app", "")
             self.assertEqual(c.auth_requests[0], 0)
+
+
+class QuickStartAdminPortTest(QuickStartCase):
+    def test_admin_port_next_to_listen_port(self):
+        """The quick start's admin port is listen_port + 1."""
+        self.start("postgresql://app_trust@127.0.0.1:%d/app" % self.pg.port)
+        with socket.create_connection(("127.0.0.1", self.proxy.port + 1), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            self.assertIn(b"200", s.recv(4096).split(b"\r\n")[0])
+
+    def test_taken_admin_port_does_not_stop_the_quick_start(self):
+        """With listen_port + 1 already taken, the proxy still serves clients
+        (the admin port is the quick start's own choice, not the user's)."""
+        blocker = socket.socket()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.proxy = harness.Proxy(self.pg)
+        port = self.proxy.port
+        try:
+            blocker.bind(("127.0.0.1", port + 1))
+        except OSError:
+            blocker.close()
+            self.skipTest("port %d is in use" % (port + 1))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        self.proxy.args = ["--upstream", "postgresql://app_trust@127.0.0.1:%d/app" % self.pg.port,
+                           "--listen", "127.0.0.1:%d" % port]
+        self.proxy.start()
+        self.addCleanup(self.proxy.cleanup)
+        self.addCleanup(self.proxy.check_stopped_cleanly)
+        self.assertEqual(self.query("app_trust", ""), ("app_trust", "app"))
 
 
 if __name__ == "__main__":
