@@ -359,11 +359,6 @@ void server_relay(Server *s)
             } else if (head) {
                 rq_pop(s);
             }
-            if (s->tx_status == 'I' && !server_releasable(s))
-                log_debug("S-%p kept after ReadyForQuery: %u answers due (head %d), dirty=%d "
-                          "copy_in=%d",
-                          (void *)s, s->rq_len, rq_head(s) ? (int)rq_head(s)->kind : -1, s->dirty,
-                          s->copy_in);
             if (server_releasable(s)) {
                 fwd += PROTO_HDR_LEN + len;
                 s->pool->stats.bytes_out += fwd;
