@@ -214,6 +214,10 @@ static const Setting settings[] = {
     {"n1_threshold", ST_INT, CFG(n1_threshold), "5", true, 2, 1000000},
     {"n1_result_memory", ST_INT, CFG(n1_result_memory), "1000", true, 0, 10000000},
     {"n1_max_patterns", ST_INT, CFG(n1_max_patterns), "1000", false, 1, 1000000},
+    {"n1_batch_after", ST_INT, CFG(n1_batch_after), "2", true, 2, 1000000},
+    {"n1_batch_max", ST_INT, CFG(n1_batch_max), "500", true, 2, 100000},
+    {"n1_prefetch_ttl", ST_DOUBLE, CFG(n1_prefetch_ttl), "0.1", true, 0, SECONDS_MAX,
+     .above_min = true},
     {"shape_cache_size", ST_INT, CFG(shape_cache_size), "10000", false, 1, 10000000},
 };
 

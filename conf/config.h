@@ -93,10 +93,13 @@ typedef struct Config {
     bool syslog;
     char *syslog_ident;
     N1Mode n1_mode;
-    int n1_threshold;     /* executions of a run that make it an N+1 report */
-    int n1_result_memory; /* result values remembered per client session */
-    int n1_max_patterns;  /* N+1 patterns kept per worker */
-    int shape_cache_size; /* analysed shapes kept per worker (also SHOW QUERIES rows) */
+    int n1_threshold;       /* executions of a run that make it an N+1 report */
+    int n1_result_memory;   /* result values remembered per client session */
+    int n1_max_patterns;    /* N+1 patterns kept per worker */
+    int n1_batch_after;     /* n1_mode = batch: executions of a run before it is batched */
+    int n1_batch_max;       /* keys per batched statement */
+    double n1_prefetch_ttl; /* seconds a prefetched answer may be used */
+    int shape_cache_size;   /* analysed shapes kept per worker (also SHOW QUERIES rows) */
 
     DbConf *dbs;
     int ndbs;

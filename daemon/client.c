@@ -959,11 +959,16 @@ static void client_process(Client *c)
     Server *s = c->server;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
     bool n1 = cfg->n1_mode != N1_MODE_OFF;
+    bool batch = cfg->n1_mode == N1_MODE_BATCH;
 
     if (c->discarding && !client_discard(c))
         return;
     if (c->state == CL_WAITING || c->state == CL_CLOSING)
         return;
+    if (c->orm && c->orm->batch) {
+        io_read(&c->io, false); /* a batched statement answers its next statement first */
+        return;
+    }
     io_cursor_init(&cur, c->io.in);
     for (;;) {
         if (c->pkt_left > 0) {
@@ -1000,6 +1005,30 @@ static void client_process(Client *c)
             }
             client_close(c, "client closed the connection");
             return;
+        }
+        if (batch && fwd == 0 && (!s || (!s->dirty && s->pkt_left == 0)) &&
+            (!c->orm || c->orm->len == 0) && (!s || rq_quiet(s))) {
+            /* The start of a statement with nothing in flight: an N+1 child
+             * may be answered from a prefetch or fetched in a batch. */
+            switch (batch_client(c)) {
+            case BATCH_DONE:
+                io_cursor_init(&cur, c->io.in);
+                continue;
+            case BATCH_INPUT:
+                goto out;
+            case BATCH_WAIT:
+                io_read(&c->io, false);
+                return;
+            case BATCH_SERVER:
+                pool_checkout(c->pool, c);
+                if (c->state == CL_WAITING)
+                    io_read(&c->io, false);
+                return;
+            case BATCH_PASS:
+                break;
+            }
+            if (c->state == CL_CLOSING || c->state == CL_LINGER)
+                return;
         }
         if (!s) {
             /* First message of a transaction: get a server, then come back.
@@ -1074,6 +1103,7 @@ static void client_process(Client *c)
             orm_client_message(c, s, type, &cur, len);
         c->pkt_left = PROTO_HDR_LEN + len;
     }
+out:
     if (!s)
         return; /* only part of a header so far */
     s->pool->stats.bytes_in += fwd;
@@ -1082,6 +1112,13 @@ static void client_process(Client *c)
     server_settle(s);
     if (s->io.congested)
         io_read(&c->io, false); /* resumed when the server drains */
+}
+
+void client_continue(Client *c)
+{
+    io_read(&c->io, true);
+    if (evbuffer_get_length(c->io.in) > 0)
+        client_process(c);
 }
 
 void client_linked(Client *c)

@@ -34,7 +34,7 @@ bool orm_worker_init(Worker *w)
     ow->decimals = malloc(ORM_MAX_BINDS * sizeof(*ow->decimals));
     ow->hashes = malloc(SHAPE_MAX_PARAMS * sizeof(*ow->hashes));
     if (!ow->sb || !ow->shapes || !ow->n1 || !ow->queries || !ow->msg || !ow->binds ||
-        !ow->decimals || !ow->hashes)
+        !ow->decimals || !ow->hashes || !batch_worker_init(ow))
         return false; /* the caller frees what was made (orm_worker_free) */
     clock_gettime(CLOCK_REALTIME, &ts);
     ow->wall_offset = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - now_sec();
@@ -50,6 +50,7 @@ void orm_worker_free(Worker *w)
         return;
     if (ow->shapes)
         shapes_stats(ow->shapes, &st);
+    batch_worker_free(ow);
     qstats_free(ow->queries);
     n1_table_free(ow->n1);
     shapes_free(ow->shapes);
@@ -113,14 +114,14 @@ static bool int_sized(int32_t len)
     return len == 2 || len == 4 || len == 8;
 }
 
-static void stmt_release(OrmStmt *e)
+void orm_stmt_release(OrmStmt *e)
 {
     shape_info_unref(e->info);
     e->info = NULL;
 }
 
 /* A copy of e holding its own reference. */
-static void stmt_copy(OrmStmt *dst, const OrmStmt *src)
+void orm_stmt_copy(OrmStmt *dst, const OrmStmt *src)
 {
     *dst = *src;
     if (dst->info)
@@ -145,14 +146,14 @@ static void stmt_set_params(OrmWorker *ow, OrmStmt *e, int np)
  * Shape text[0..n) with Bind values binds into *e (whose old reference is
  * dropped). Returns false for an empty statement, which is not followed.
  */
-static bool stmt_shape(OrmWorker *ow, const char *text, size_t n, const ShapeValue *binds,
-                       int nbinds, OrmStmt *e)
+bool orm_stmt_shape(OrmWorker *ow, const char *text, size_t n, const ShapeValue *binds, int nbinds,
+                    OrmStmt *e)
 {
     ShapeBuf *sb = ow->sb;
     const ShapeInfo *info;
     int np;
 
-    stmt_release(e);
+    orm_stmt_release(e);
     memset(e, 0, sizeof(*e));
     if (!shape_normalize(text, n, sb))
         return sb->status != SHAPE_EMPTY;
@@ -214,13 +215,13 @@ static bool stmt_shape_cached(OrmWorker *ow, OrmShapeCache **cache, const char *
     const OrmShapeCache *k = *cache;
 
     if (!k) {
-        if (!stmt_shape(ow, text, n, binds, nbinds, e))
+        if (!orm_stmt_shape(ow, text, n, binds, nbinds, e))
             return false;
         if (e->info && !e->no_result)
             *cache = cache_build(ow, text, e->info);
         return true;
     }
-    stmt_release(e);
+    orm_stmt_release(e);
     memset(e, 0, sizeof(*e));
     for (uint32_t i = 0; i < k->nparams; i++) {
         ShapeLit lit = {.kind = SHAPE_LIT_BIND, .bind = (uint16_t)k->src[i].bind};
@@ -234,7 +235,7 @@ static bool stmt_shape_cached(OrmWorker *ow, OrmShapeCache **cache, const char *
 
 /* ---- clients ----------------------------------------------------------------------------- */
 
-static ClientOrm *client_orm(Client *c)
+ClientOrm *orm_client_get(Client *c)
 {
     ClientOrm *o = c->orm;
 
@@ -251,6 +252,7 @@ static ClientOrm *client_orm(Client *c)
     }
     o->params_digest = c->params.digest;
     client_stmts_init(&o->named);
+    n1_session_keep_values(o->sess, c->w->cfg->n1_mode == N1_MODE_BATCH);
     c->orm = o;
     return o;
 }
@@ -261,11 +263,12 @@ void orm_client_free(Client *c)
 
     if (!o)
         return;
+    batch_client_free(c);
     for (uint32_t i = 0; i < o->len; i++)
-        stmt_release(&o->ring[(o->head + i) % o->cap]);
+        orm_stmt_release(&o->ring[(o->head + i) % o->cap]);
     free(o->ring);
-    stmt_release(&o->cur);
-    stmt_release(&o->bound);
+    orm_stmt_release(&o->cur);
+    orm_stmt_release(&o->bound);
     orm_shape_cache_free(o->unnamed_cache);
     free(o->unnamed);
     client_stmts_clear(&o->named, &c->w->prepared);
@@ -280,6 +283,12 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
     ClientOrm *o = c->orm;
     RqItem *it = rq_tail(s);
 
+    /* Prefetched answers stay valid only across read-only statements: a
+     * write, SET, BEGIN/COMMIT or an unknown statement drops them. */
+    if (o->npf > 0 &&
+        !(e->info && e->info->kind == SHAPE_KIND_SELECT && (e->info->flags & SHAPE_F_READ_ONLY)))
+        batch_drop_all(c);
+    o->batch_skip = false; /* a held execution after a failed batch went on as it was */
     if (!it || (it->kind != RQ_QUERY && it->kind != RQ_EXECUTE))
         goto out_drop;
     if (o->len == o->cap) {
@@ -306,7 +315,7 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
     }
     return;
 out_drop:
-    stmt_release(e);
+    orm_stmt_release(e);
 }
 
 /* The body of the message at cur copied whole into ow->msg, or NULL when it
@@ -345,7 +354,8 @@ static void client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len
     OrmStmt e = {0};
 
     if (body && len > 0 &&
-        !stmt_shape(c->w->orm, (const char *)body, strnlen((const char *)body, len), NULL, 0, &e))
+        !orm_stmt_shape(c->w->orm, (const char *)body, strnlen((const char *)body, len), NULL, 0,
+                        &e))
         return; /* an empty query */
     client_queue(c, s, &e);
 }
@@ -353,20 +363,26 @@ static void client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len
 /* Remember the text of an unnamed Parse (or, in session mode, a named one). */
 static void client_parse(Client *c, const IoCursor *cur, uint32_t len)
 {
-    ClientOrm *o = c->orm;
     const uint8_t *body = client_body(c, cur, len);
-    MsgReader r;
-    const char *name, *text;
-    size_t n;
 
     if (!body) {
         uint8_t first = 1;
         IoCursor at = *cur;
         io_cursor_skip(&at, PROTO_HDR_LEN);
         if (len > 0 && io_cursor_peek(&at, &first, 1) && first == 0)
-            o->unnamed_ok = false; /* too long to shape: its executions are unknown */
+            c->orm->unnamed_ok = false; /* too long to shape: its executions are unknown */
         return;
     }
+    orm_client_parse_body(c, body, len);
+}
+
+void orm_client_parse_body(Client *c, const uint8_t *body, uint32_t len)
+{
+    ClientOrm *o = c->orm;
+    MsgReader r;
+    const char *name, *text;
+    size_t n;
+
     mr_init(&r, body, len);
     name = mr_str(&r);
     text = mr_str(&r);
@@ -420,7 +436,7 @@ static uint32_t param_type(const uint8_t *tail, size_t size, size_t textlen, int
 
 static void bound_unknown(ClientOrm *o)
 {
-    stmt_release(&o->bound);
+    orm_stmt_release(&o->bound);
     memset(&o->bound, 0, sizeof(o->bound));
     o->bound_ok = true;
 }
@@ -502,15 +518,21 @@ static void client_bind_named(Client *c, PreparedStmt *ps, MsgReader *r)
 
 static void client_bind(Client *c, const IoCursor *cur, uint32_t len)
 {
-    ClientOrm *o = c->orm;
     const uint8_t *body = client_body(c, cur, len);
+
+    if (!body) {
+        bound_unknown(c->orm); /* too long to read: the unnamed portal (most likely) is unknown */
+        return;
+    }
+    orm_client_bind_body(c, body, len);
+}
+
+void orm_client_bind_body(Client *c, const uint8_t *body, uint32_t len)
+{
+    ClientOrm *o = c->orm;
     const char *portal, *stmt;
     MsgReader r;
 
-    if (!body) {
-        bound_unknown(o); /* too long to read: the unnamed portal (most likely) is unknown */
-        return;
-    }
     mr_init(&r, body, len);
     portal = mr_str(&r);
     stmt = mr_str(&r);
@@ -530,7 +552,7 @@ void orm_client_bind(Client *c, PreparedStmt *ps, const uint8_t *body, uint32_t 
     const char *portal;
     MsgReader r;
 
-    if (!client_orm(c))
+    if (!orm_client_get(c))
         return;
     mr_init(&r, body, len);
     portal = mr_str(&r);
@@ -549,7 +571,7 @@ static void client_execute(Client *c, Server *s, const IoCursor *cur, uint32_t l
 
     if (!body || len < 1 || body[0] != '\0' || !o->bound_ok)
         return;
-    stmt_copy(&e, &o->bound);
+    orm_stmt_copy(&e, &o->bound);
     client_queue(c, s, &e);
     /* A Describe just before it answers with this statement's columns. */
     if (rq_tail(s) && rq_tail(s)->n1 && s->rq_len >= 2) {
@@ -576,7 +598,7 @@ static void client_close_stmt(Client *c, const IoCursor *cur, uint32_t len)
 
 void orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len)
 {
-    if (!client_orm(c))
+    if (!orm_client_get(c))
         return;
     switch (type) {
     case 'Q':
@@ -630,7 +652,7 @@ static void stmt_start(Client *c, RqItem *it)
             e = NULL; /* its entry is gone already */
             break;
         }
-        stmt_release(e);
+        orm_stmt_release(e);
         o->head = (o->head + 1) % o->cap;
         o->len--;
         e = NULL;
@@ -639,7 +661,7 @@ static void stmt_start(Client *c, RqItem *it)
         it->n1 = 0;
         return;
     }
-    stmt_release(&o->cur);
+    orm_stmt_release(&o->cur);
     o->cur = *e; /* the reference moves */
     o->head = (o->head + 1) % o->cap;
     o->len--;
@@ -658,8 +680,36 @@ static void stmt_start(Client *c, RqItem *it)
             log_new_pattern(c, pat);
         }
     }
-    if (n1_wants_result(o->sess) && !o->cur.no_result)
+    if (n1_wants_result(o->sess) && !o->cur.no_result) {
         it->n1 |= ORM_RQ_WANT;
+        o->parent_bin = o->cur.res_fmt == ORM_RES_TEXT     ? 0
+                        : o->cur.res_fmt == ORM_RES_BINARY ? ~0ULL
+                                                           : o->cur.res_bin;
+    }
+}
+
+void orm_stmt_local(Client *c, const OrmStmt *e, uint64_t rows, double started)
+{
+    ClientOrm *o = c->orm;
+    OrmWorker *ow = c->w->orm;
+    const N1Pattern *pat = NULL;
+    double now = now_sec();
+    uint64_t us = now > started ? (uint64_t)((now - started) * 1e6) : 0;
+    N1Event ev;
+
+    ev = n1_statement(o->sess, e->info, e->params, e->nparams, orm_wall_us(c->w, started), &pat);
+    if (ev != N1_NONE) {
+        ow->runs++;
+        c->pool->stats.n1_runs++;
+        if (ev == N1_NEW_PATTERN && pat) {
+            ow->new_patterns++;
+            log_new_pattern(c, pat);
+        }
+    }
+    n1_statement_done(o->sess, us, rows);
+    qstats_record(ow->queries, e->info, us, rows, orm_wall_us(c->w, now));
+    ow->statements++;
+    o->last_done = now;
 }
 
 /* The statement of item it ended, with rows rows. */
@@ -680,7 +730,7 @@ static void stmt_done(Client *c, RqItem *it, uint64_t rows)
         ow->unknown++;
     o->last_done = now;
     o->cur_open = false;
-    stmt_release(&o->cur);
+    orm_stmt_release(&o->cur);
 }
 
 /*

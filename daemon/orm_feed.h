@@ -92,21 +92,44 @@ typedef struct OrmShapeCache {
     OrmParamSource src[]; /* one per placeholder */
 } OrmShapeCache;
 
+/* Batching counters (n1_mode = batch), per worker. */
+typedef struct OrmBatchStats {
+    uint64_t batches;           /* batched statements that answered */
+    uint64_t keys_prefetched;   /* keys they fetched */
+    uint64_t keys_answered;     /* child executions answered from a prefetch */
+    uint64_t keys_wasted;       /* prefetched keys dropped without being asked for */
+    uint64_t round_trips_saved; /* keys_answered minus the batches' own round trips */
+    uint64_t types_learned;     /* key types learned with Parse/Describe */
+    uint64_t fb_error;          /* the batched statement failed: the single one was sent */
+    uint64_t fb_type;           /* the key type could not be learned or is not supported */
+    uint64_t fb_keys;           /* a key could not be written as the key type's text */
+    uint64_t dropped;           /* prefetches dropped: another statement, a status change, ttl */
+    uint64_t expired;           /* ... of which by n1_prefetch_ttl */
+    uint64_t unbatchable;       /* shapes given up on after repeated failures */
+} OrmBatchStats;
+
+typedef struct OrmPrefetch OrmPrefetch;       /* daemon/batch.c */
+typedef struct OrmBatch OrmBatch;             /* daemon/batch.c */
+typedef struct OrmBatchShapes OrmBatchShapes; /* daemon/batch.c */
+#define ORM_MAX_PREFETCH 4                    /* child shapes with a prefetch at once, per client */
+
 /* Per worker. */
 typedef struct OrmWorker {
     ShapeBuf *sb;
     ShapeTable *shapes;
     N1Table *n1;
     QStats *queries;
-    uint8_t *msg;          /* ORM_MAX_MSG: one message copied whole, used and forgotten */
-    ShapeValue *binds;     /* ORM_MAX_BINDS */
-    char (*decimals)[24];  /* ORM_MAX_BINDS: binary integer Bind values as text */
-    uint64_t *hashes;      /* SHAPE_MAX_PARAMS */
-    double wall_offset;    /* wall clock minus now_sec(), for first/last seen */
-    uint64_t statements;   /* finished statements fed to the detector */
-    uint64_t unknown;      /* ... of which of unknown shape */
-    uint64_t runs;         /* N+1 runs that reached n1_threshold */
-    uint64_t new_patterns; /* first detections of a (parent, child) pattern */
+    uint8_t *msg;            /* ORM_MAX_MSG: one message copied whole, used and forgotten */
+    ShapeValue *binds;       /* ORM_MAX_BINDS */
+    char (*decimals)[24];    /* ORM_MAX_BINDS: binary integer Bind values as text */
+    uint64_t *hashes;        /* SHAPE_MAX_PARAMS */
+    double wall_offset;      /* wall clock minus now_sec(), for first/last seen */
+    uint64_t statements;     /* finished statements fed to the detector */
+    uint64_t unknown;        /* ... of which of unknown shape */
+    uint64_t runs;           /* N+1 runs that reached n1_threshold */
+    uint64_t new_patterns;   /* first detections of a (parent, child) pattern */
+    OrmBatchShapes *bshapes; /* key types learned, shapes given up on */
+    OrmBatchStats batch;
 } OrmWorker;
 
 /* Per client, created at its first statement while n1_mode is on. */
@@ -131,6 +154,13 @@ typedef struct ClientOrm {
     bool bound_ok;
     ClientStmts named; /* session mode: the client's named statements (transaction mode
                         * has them in c->stmts) */
+    /* batching (daemon/batch.c) */
+    uint64_t parent_bin; /* bit c: the parent's column c came in binary */
+    OrmPrefetch *pf[ORM_MAX_PREFETCH];
+    int npf;
+    OrmBatch *batch;     /* a batched statement in flight for the client's held execution */
+    bool batch_skip;     /* the held execution goes to the server as it is (after a fallback) */
+    uint32_t batch_hint; /* keys to fetch next time, from what the last prefetch was used for */
 } ClientOrm;
 
 /* worker: tables sized from w->cfg; false when out of memory. */
@@ -172,5 +202,47 @@ static inline bool orm_follows(const RqItem *head, char type)
  * *fwd as for orm_client_whole, towards the client.
  */
 bool orm_server_message(Server *s, char type, uint32_t len, IoCursor *cur, size_t *fwd);
+
+/* ---- for daemon/batch.c ---- */
+ClientOrm *orm_client_get(Client *c);
+void orm_stmt_release(OrmStmt *e);
+void orm_stmt_copy(OrmStmt *dst, const OrmStmt *src);
+/* Shape text with Bind values into *e; false for an empty statement. */
+bool orm_stmt_shape(OrmWorker *ow, const char *text, size_t n, const ShapeValue *binds, int nbinds,
+                    OrmStmt *e);
+/* A Parse / a Bind of the unnamed portal, as the client side sees them (body whole). */
+void orm_client_parse_body(Client *c, const uint8_t *body, uint32_t len);
+void orm_client_bind_body(Client *c, const uint8_t *body, uint32_t len);
+/* A statement the proxy answered itself: to the detector and statistics at once. */
+void orm_stmt_local(Client *c, const OrmStmt *e, uint64_t rows, double started);
+
+/* ---- daemon/batch.c: N+1 batching (n1_mode = batch) ---- */
+typedef enum {
+    BATCH_PASS,   /* not answered here: forward as usual */
+    BATCH_DONE,   /* answered from a prefetch; the bytes are consumed */
+    BATCH_INPUT,  /* the execution is not all there yet: wait for more input */
+    BATCH_SERVER, /* a batch is due but the client has no server: check one out */
+    BATCH_WAIT,   /* a batched statement is on its way: the client waits */
+} BatchResult;
+
+bool batch_worker_init(OrmWorker *ow) __attribute__((warn_unused_result));
+void batch_worker_free(OrmWorker *ow);
+/*
+ * At the start of a client's statement (nothing of it forwarded, nothing in
+ * flight on its server): answer it from a prefetch, or send a batched
+ * statement in its place.
+ */
+BatchResult batch_client(Client *c);
+/* Drop the client's prefetches (a write, SET, unknown statement, ...). */
+void batch_drop_all(Client *c);
+void batch_client_free(Client *c);
+/* Is the head item one of batch.c's? */
+static inline bool batch_item(const RqItem *it)
+{
+    return it && (it->kind == RQ_BATCH || it->kind == RQ_BATCH_TYPES);
+}
+/* Server answers for the head batch item; false when s must not be used further
+ * by the caller (released, closed, or waiting for more bytes). */
+bool batch_server_input(Server *s);
 
 #endif

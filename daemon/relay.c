@@ -65,6 +65,11 @@ static void rq_pop(Server *s)
     rq_pop_keep(s);
 }
 
+void rq_pop_head(Server *s)
+{
+    rq_pop(s);
+}
+
 void rq_clear(Server *s)
 {
     while (s->rq_len > 0)
@@ -319,6 +324,17 @@ void server_relay(Server *s)
         if (s->rq_len > 0 && rq_settle(s, &fwd)) {
             io_cursor_init(&cur, s->io.in);
             io_cursor_skip(&cur, fwd);
+        }
+        if (batch_item(rq_head(s))) {
+            /* The proxy's batched statement for the client's N+1 loop. */
+            if (fwd > 0) {
+                io_forward(&c->io, s->io.in, fwd);
+                fwd = 0;
+            }
+            if (!batch_server_input(s) || s->client != c)
+                return;
+            io_cursor_init(&cur, s->io.in);
+            continue;
         }
         if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL) {
             /* The proxy's own query queued behind the client's (a re-sync

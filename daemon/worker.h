@@ -155,6 +155,8 @@ typedef enum {
     RQ_INTERNAL,     /* the proxy's own simple query: all swallowed up to ReadyForQuery */
     RQ_PARSE_DUP,    /* client's Parse of a name it already has: the server's error is replaced */
     RQ_FAKE_DEALLOCATE, /* client's DEALLOCATE of its own statement: answered by the proxy */
+    RQ_BATCH_TYPES,     /* the proxy's Parse/Describe/Close/Sync learning a key type (batch.c) */
+    RQ_BATCH,           /* the proxy's batched statement, up to its ReadyForQuery (batch.c) */
 } RqKind;
 
 /* RQ_QUERY flags: the query resets session parameters (client_name names
@@ -270,6 +272,8 @@ void client_welcome(Client *c);
 void client_server_failed(Client *c, const char *sqlstate, const char *message);
 /* Its server went back to the pool: carry on with input already received. */
 void client_resume(Client *c);
+/* Something the client waited for without a ReadyForQuery (a batch) is done: read on. */
+void client_continue(Client *c);
 void client_free(Client *c);
 void client_check_login_timeout(Client *c, double now);
 Client *client_find_cancel(Worker *w, int32_t pid, int32_t key);
@@ -304,6 +308,8 @@ void server_idle_input(Server *s);
 bool rq_push(Server *s, RqKind kind, PreparedStmt *ps, const char *client_name)
     __attribute__((warn_unused_result));
 void rq_clear(Server *s);
+/* The head item is done. */
+void rq_pop_head(Server *s);
 static inline RqItem *rq_head(const Server *s)
 {
     return s->rq_len ? &s->rq[s->rq_head] : NULL;
@@ -311,6 +317,14 @@ static inline RqItem *rq_head(const Server *s)
 static inline RqItem *rq_tail(const Server *s)
 {
     return s->rq_len ? &s->rq[(s->rq_head + s->rq_len - 1) % s->rq_cap] : NULL;
+}
+/* Nothing but the proxy's own simple queries (a parameter sync, a reset) is due from s. */
+static inline bool rq_quiet(const Server *s)
+{
+    for (uint32_t i = 0; i < s->rq_len; i++)
+        if (s->rq[(s->rq_head + i) % s->rq_cap].kind != RQ_INTERNAL)
+            return false;
+    return true;
 }
 /* May the server go back to the pool now? */
 bool server_releasable(const Server *s);

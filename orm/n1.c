@@ -69,6 +69,15 @@ struct N1Session {
     N1Run runs[N1_MAX_RUNS];
     int last_run; /* run of the current statement, -1 if none */
     uint64_t seq;
+    uint64_t parent_gen; /* bumped each time a statement becomes the parent */
+
+    /* The parent's values as sent (n1_session_keep_values): cell i is
+     * raw[raw_off[i] .. + raw_len[i]), raw_len -1 for NULL, -2 not kept. */
+    bool keep;
+    uint32_t *raw_off;
+    int32_t *raw_len;
+    uint8_t *raw;
+    size_t raw_used, raw_cap;
 };
 
 /* ---- the pattern table ---- */
@@ -198,6 +207,9 @@ void n1_session_free(N1Session *s)
     shape_info_unref(s->parent);
     free(s->vals);
     free(s->filter);
+    free(s->raw_off);
+    free(s->raw_len);
+    free(s->raw);
     free(s);
 }
 
@@ -238,8 +250,10 @@ static void become_parent(N1Session *s, const ShapeInfo *info)
     s->parent = info;
     s->parent_hash = info ? info->hash : 0;
     s->have_parent = true;
+    s->parent_gen++;
     s->ncols = 0;
     s->nrows = 0;
+    s->raw_used = 0;
     s->full = false;
     s->want_result = s->t->result_memory > 0;
     if (s->filter_dirty) {
@@ -493,10 +507,17 @@ static bool ensure_store(N1Session *s)
 {
     int mem = s->t->result_memory;
 
-    if (s->vals && s->cap_vals == mem)
+    if (s->vals && s->cap_vals == mem && (!s->keep || s->raw))
         return true;
     free(s->vals);
     free(s->filter);
+    free(s->raw_off);
+    free(s->raw_len);
+    free(s->raw);
+    s->raw_off = NULL;
+    s->raw_len = NULL;
+    s->raw = NULL;
+    s->raw_cap = 0;
     s->cap_vals = mem;
     s->filter_bits = 64;
     while (s->filter_bits < (uint32_t)mem * 4 && s->filter_bits < (1u << 24))
@@ -504,6 +525,21 @@ static bool ensure_store(N1Session *s)
     s->vals = malloc((size_t)mem * sizeof(*s->vals));
     s->filter = calloc(s->filter_bits / 64, sizeof(*s->filter));
     s->filter_dirty = false;
+    if (s->keep && mem > 0) {
+        s->raw_cap = (size_t)mem * N1_RAW_AVG;
+        s->raw_off = malloc((size_t)mem * sizeof(*s->raw_off));
+        s->raw_len = malloc((size_t)mem * sizeof(*s->raw_len));
+        s->raw = malloc(s->raw_cap);
+        if (!s->raw_off || !s->raw_len || !s->raw) {
+            free(s->raw_off);
+            free(s->raw_len);
+            free(s->raw);
+            s->raw_off = NULL;
+            s->raw_len = NULL;
+            s->raw = NULL;
+            s->raw_cap = 0;
+        }
+    }
     if (!s->vals || !s->filter) {
         free(s->vals);
         free(s->filter);
@@ -540,6 +576,23 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
     }
 }
 
+/* Keep cell i's bytes (v NULL: a missing column, as NULL). */
+static void raw_add(N1Session *s, size_t i, const ShapeValue *v)
+{
+    if (!v || v->len < 0) {
+        s->raw_len[i] = -1;
+        return;
+    }
+    if (v->len > N1_RAW_MAX || s->raw_used + (size_t)v->len > s->raw_cap) {
+        s->raw_len[i] = -2;
+        return;
+    }
+    memcpy(s->raw + s->raw_used, v->data, (size_t)v->len);
+    s->raw_off[i] = (uint32_t)s->raw_used;
+    s->raw_len[i] = v->len;
+    s->raw_used += (size_t)v->len;
+}
+
 bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols)
 {
     uint64_t *row;
@@ -557,6 +610,8 @@ bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols)
                          : SHAPE_HASH_NULL;
         row[c] = h;
         filter_add(s, h);
+        if (s->raw)
+            raw_add(s, (size_t)(row - s->vals) + (size_t)c, c < ncols ? &vals[c] : NULL);
     }
     s->nrows++;
     return true;
@@ -636,4 +691,86 @@ int n1_pattern_fix(const N1Pattern *p, char *buf, size_t cap)
                     "the %s values (SQLAlchemy: selectinload() on the relationship; Django: "
                     "prefetch_related(); Rails: includes())",
                     what, p->key_column, p->key_source);
+}
+
+/* ---- batching support ---- */
+
+void n1_session_keep_values(N1Session *s, bool keep)
+{
+    s->keep = keep;
+}
+
+uint64_t n1_parent_gen(const N1Session *s)
+{
+    return s->parent_gen;
+}
+
+uint32_t n1_parent_rows(const N1Session *s)
+{
+    return s->nrows;
+}
+
+uint64_t n1_parent_hash_at(const N1Session *s, uint32_t row, int col)
+{
+    return s->vals[(size_t)row * (size_t)s->ncols + (size_t)col];
+}
+
+int n1_parent_value(const N1Session *s, uint32_t row, int col, const uint8_t **data)
+{
+    size_t i = (size_t)row * (size_t)s->ncols + (size_t)col;
+
+    if (!s->raw || row >= s->nrows || col >= s->ncols)
+        return -2;
+    *data = s->raw + s->raw_off[i];
+    return s->raw_len[i];
+}
+
+bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *params, int n,
+                   int after, N1BatchPlan *out)
+{
+    const N1Run *r;
+    int m = n < N1_MAX_PARAMS ? n : N1_MAX_PARAMS;
+
+    if (!info || !s->have_parent || info->hash == s->parent_hash || !s->raw || n <= 0)
+        return false;
+    r = NULL;
+    for (int i = 0; i < N1_MAX_RUNS; i++)
+        if (s->runs[i].child == info->hash)
+            r = &s->runs[i];
+    if (!r || r->vary < 0 || (int)r->count < after || n != r->nparams || r->vary >= m ||
+        rest_hash(params, n) != r->rest)
+        return false;
+    for (int i = 0; i < m; i++)
+        if (i != r->vary && params[i] != r->params[i])
+            return false;
+    if (params[r->vary] == r->params[r->vary])
+        return false; /* the same key again: nothing new to fetch */
+    /* The key source: the densest candidate holding this key further down. */
+    out->row = UINT32_MAX;
+    for (int c = 0; c < r->ncand; c++) {
+        const N1Cand *cd = &r->cand[c];
+        int64_t row;
+        if (cd->param != r->vary)
+            continue;
+        row = col_find(s, cd->col, params[r->vary], cd->pos + 1);
+        if (row >= 0 && (uint32_t)row < out->row) {
+            out->row = (uint32_t)row;
+            out->col = cd->col;
+        }
+    }
+    if (out->row == UINT32_MAX)
+        return false;
+    out->param = r->vary;
+    out->gen = s->parent_gen;
+    return true;
+}
+
+bool n1_runs_ready(const N1Session *s, int after)
+{
+    if (!s->runs_dirty || !s->raw)
+        return false;
+    for (int i = 0; i < N1_MAX_RUNS; i++)
+        if (s->runs[i].child && s->runs[i].vary >= 0 && (int)s->runs[i].count >= after)
+            return true;
+    return false;
 }

@@ -53,6 +53,8 @@
 #define N1_COL_MAX           128  /* key column / key source names */
 #define N1_SQL_MAX           4096 /* normalised SQL kept per pattern, cut beyond */
 #define N1_DEFAULT_THRESHOLD 5
+#define N1_RAW_MAX           256 /* longest parent value kept for batching */
+#define N1_RAW_AVG           24  /* bytes kept per remembered value on average */
 
 typedef struct N1Table N1Table;
 typedef struct N1Session N1Session;
@@ -145,5 +147,40 @@ size_t n1_table_sorted(const N1Table *t, const N1Pattern **out, size_t cap);
 
 /* The suggested eager-loading fix, into buf; returns snprintf's length. */
 int n1_pattern_fix(const N1Pattern *p, char *buf, size_t cap);
+
+/*
+ * Batching support (n1_mode = batch). With keep_values on, the parent's
+ * values are kept as sent (up to N1_RAW_MAX bytes each, about N1_RAW_AVG
+ * per value in all) next to their hashes, so that the daemon can fetch the
+ * keys a run has not asked for yet.
+ */
+void n1_session_keep_values(N1Session *s, bool keep);
+/* Changes whenever a new statement becomes the parent. */
+uint64_t n1_parent_gen(const N1Session *s);
+/* Rows of the parent's result remembered. */
+uint32_t n1_parent_rows(const N1Session *s);
+/* The hash of a remembered cell (row < n1_parent_rows(), col < the parent's columns). */
+uint64_t n1_parent_hash_at(const N1Session *s, uint32_t row, int col);
+/* A remembered cell's bytes: their length, -1 for NULL, -2 when not kept. */
+int n1_parent_value(const N1Session *s, uint32_t row, int col, const uint8_t **data);
+
+/* Is there a run of at least after executions whose key has changed? (cheap) */
+bool n1_runs_ready(const N1Session *s, int after);
+
+/* How a statement about to run continues a run. */
+typedef struct N1BatchPlan {
+    int param;    /* 0-based placeholder whose value is the key */
+    int col;      /* parent column the keys come from */
+    uint32_t row; /* row of this statement's key in that column */
+    uint64_t gen; /* n1_parent_gen() it is about */
+} N1BatchPlan;
+
+/*
+ * Would this statement (not yet passed to n1_statement) extend a run of at
+ * least after executions with a new key found further down its key source?
+ * Then *out says where its key is. Does not change the session.
+ */
+bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *params, int n,
+                   int after, N1BatchPlan *out);
 
 #endif

@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 41
+#define NSETTINGS 44
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -514,7 +514,7 @@ static void test_full_config(void **state)
     assert_int_equal(db->pool_size, 20);
     assert_int_equal(db->max_overflow, 3);
     assert_int_equal(db->pool_mode, POOL_TRANSACTION);
-    assert_int_equal(db->line, 47);
+    assert_int_equal(db->line, 50);
     db = &cfg->dbs[1];
     assert_string_equal(db->name, "reports");
     assert_string_equal(db->host, "/var/run/postgresql");
@@ -523,7 +523,7 @@ static void test_full_config(void **state)
     assert_string_equal(db->user, "back\\slash");
     assert_null(db->password);
     assert_int_equal(db->pool_size, -1);
-    assert_int_equal(db->line, 48);
+    assert_int_equal(db->line, 51);
     db = &cfg->dbs[2];
     assert_string_equal(db->name, "*");
     assert_string_equal(db->host, "127.0.0.1");
@@ -958,6 +958,9 @@ static const struct {
     {"n1_threshold", "5", true, "8"},
     {"n1_result_memory", "1000", true, "250"},
     {"n1_max_patterns", "1000", false, "40"},
+    {"n1_batch_after", "2", true, "3"},
+    {"n1_batch_max", "500", true, "100"},
+    {"n1_prefetch_ttl", "0.1", true, "0.25"},
     {"shape_cache_size", "10000", false, "300"},
 };
 

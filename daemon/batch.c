@@ -1,0 +1,1150 @@
+/*
+ * N+1 batching (n1_mode = batch): when a client's statement continues an
+ * N+1 run that has had n1_batch_after executions, the proxy sends one
+ * batched statement (orm/batch.h) for the run's remaining keys instead, and
+ * answers this and the following executions of the child from what came
+ * back, byte for byte as the server would have answered each.
+ *
+ * Where this sits. client_process calls batch_client at the start of each
+ * statement when nothing of the client's is in flight; it peeks at the
+ * whole execution (a Query, or [Parse] Bind [Describe] Execute Sync) without
+ * consuming it. Then:
+ *   - a prefetch holds the answer: it is written to the client and the
+ *     execution drained (BATCH_DONE);
+ *   - a batch is due: the batched statement goes to the client's server
+ *     (inside a savepoint when the client is in a transaction) and the
+ *     execution stays in the client's input until its answer is back
+ *     (BATCH_WAIT); then client_process runs again and finds the prefetch;
+ *     on any failure the savepoint is rolled back and the execution goes to
+ *     the server as it is (batch_skip).
+ * The key type is what the server infers for the child's key parameter,
+ * learned once per shape with Parse/Describe of the normalised text (one
+ * extra round trip, inside the same savepoint).
+ *
+ * Prefetches are dropped on any statement that is not read-only (client
+ * side, orm_feed.c), when the detector takes another statement as the
+ * parent, when the transaction status differs from the one they were
+ * filled in, and after n1_prefetch_ttl.
+ */
+#include "daemon/orm_feed.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/log.h"
+#include "orm/batch.h"
+#include "proto/msg.h"
+
+#define BATCH_MAX_EXEC     65536       /* longest execution looked at */
+#define BATCH_MAX_BYTES    (16u << 20) /* answer bytes one prefetch may hold */
+#define BATCH_MAX_MSG      (16u << 20) /* longest server message read whole */
+#define BATCH_MAX_FAILURES 3           /* failed batches before a shape is given up on */
+#define BATCH_SHAPES       4096        /* shapes remembered per worker */
+#define BATCH_MIN_HINT     16          /* smallest batch sized from a loop's consumption */
+#define BATCH_STMT         "pgc_batch" /* the proxy's statement on the server */
+#define BATCH_SAVEPOINT    "pgc_batch"
+
+/* ---- what the worker remembers per (shape, key parameter) ---------------------------------- */
+
+typedef struct BatchShape {
+    uint64_t key;      /* 0: free */
+    uint32_t type_oid; /* the key's type, 0 until learned */
+    uint8_t failures;
+    bool never; /* given up on */
+} BatchShape;
+
+struct OrmBatchShapes {
+    BatchShape *slots; /* BATCH_SHAPES, open addressing */
+    uint32_t used;
+};
+
+bool batch_worker_init(OrmWorker *ow)
+{
+    ow->bshapes = calloc(1, sizeof(*ow->bshapes));
+    if (!ow->bshapes)
+        return false;
+    ow->bshapes->slots = calloc(BATCH_SHAPES, sizeof(BatchShape));
+    return ow->bshapes->slots != NULL;
+}
+
+void batch_worker_free(OrmWorker *ow)
+{
+    if (!ow->bshapes)
+        return;
+    free(ow->bshapes->slots);
+    free(ow->bshapes);
+    ow->bshapes = NULL;
+}
+
+/* The slot of (shape, param), made when missing; the table starts over when 3/4 full. */
+static BatchShape *shape_slot(OrmWorker *ow, uint64_t hash, int param);
+
+/* The shape slot of a batch in flight (looked up again: the table may have started over). */
+static BatchShape *batch_shape(OrmWorker *ow, const OrmBatch *b);
+
+static BatchShape *shape_slot(OrmWorker *ow, uint64_t hash, int param)
+{
+    OrmBatchShapes *t = ow->bshapes;
+    uint64_t key = (hash ^ ((uint64_t)(param + 1) * 0x9e3779b97f4a7c15ULL)) | 1;
+    uint32_t i = (uint32_t)(key >> 20) & (BATCH_SHAPES - 1);
+
+    for (;;) {
+        BatchShape *b = &t->slots[i];
+        if (b->key == key)
+            return b;
+        if (b->key == 0) {
+            if (t->used >= BATCH_SHAPES / 4 * 3) {
+                memset(t->slots, 0, BATCH_SHAPES * sizeof(*t->slots));
+                t->used = 0;
+                return shape_slot(ow, hash, param);
+            }
+            t->used++;
+            b->key = key;
+            return b;
+        }
+        i = (i + 1) & (BATCH_SHAPES - 1);
+    }
+}
+
+static void shape_failed(OrmWorker *ow, BatchShape *bs, bool for_good)
+{
+    if (bs->never)
+        return;
+    if (for_good || ++bs->failures >= BATCH_MAX_FAILURES) {
+        bs->never = true;
+        ow->batch.unbatchable++;
+    }
+}
+
+/* ---- prefetches ------------------------------------------------------------------------------ */
+
+typedef struct PfKey {
+    uint64_t hash;
+    uint32_t off, len; /* its DataRow messages, in rows */
+    uint32_t nrows;
+    uint32_t asked; /* times answered */
+    bool ok;        /* its whole answer is here */
+} PfKey;
+
+struct OrmPrefetch {
+    uint64_t child; /* shape hash */
+    int param;      /* placeholder holding the key */
+    uint8_t nparams;
+    uint64_t params[ORM_STMT_PARAMS]; /* the others must be the same */
+    uint8_t res_fmt;
+    uint64_t res_bin;
+    uint64_t gen; /* parent it was made for */
+    char status;  /* transaction status it was filled in */
+    double filled;
+    uint8_t *rowdesc; /* the whole RowDescription message */
+    uint32_t rowdesc_len;
+    uint8_t *rows; /* DataRow messages, key after key */
+    size_t rows_len, rows_cap;
+    PfKey *keys;
+    uint32_t nkeys;
+    uint32_t next; /* where the next key is most likely */
+};
+
+static void pf_free(OrmPrefetch *pf)
+{
+    if (!pf)
+        return;
+    free(pf->rowdesc);
+    free(pf->rows);
+    free(pf->keys);
+    free(pf);
+}
+
+/* Drop prefetch i: count what it fetched for nothing and size the next batch by it. */
+static void pf_drop(Client *c, int i, bool expired)
+{
+    ClientOrm *o = c->orm;
+    OrmBatchStats *st = &c->w->orm->batch;
+    OrmPrefetch *pf = o->pf[i];
+    uint32_t used = 0;
+    int max = c->w->cfg->n1_batch_max;
+
+    for (uint32_t k = 0; k < pf->nkeys; k++) {
+        if (pf->keys[k].asked)
+            used++;
+        else if (pf->keys[k].ok)
+            st->keys_wasted++;
+    }
+    if (used >= pf->nkeys)
+        o->batch_hint = 0; /* all used: next time as many as allowed */
+    else
+        o->batch_hint = used * 2 > BATCH_MIN_HINT ? used * 2 : BATCH_MIN_HINT;
+    if (o->batch_hint > (uint32_t)max)
+        o->batch_hint = 0;
+    st->dropped++;
+    if (expired)
+        st->expired++;
+    pf_free(pf);
+    o->pf[i] = o->pf[--o->npf];
+    o->pf[o->npf] = NULL;
+}
+
+void batch_drop_all(Client *c)
+{
+    ClientOrm *o = c->orm;
+
+    while (o && o->npf > 0)
+        pf_drop(c, o->npf - 1, false);
+}
+
+static int pf_find(const ClientOrm *o, uint64_t child)
+{
+    for (int i = 0; i < o->npf; i++)
+        if (o->pf[i]->child == child)
+            return i;
+    return -1;
+}
+
+static bool pf_usable(const ClientOrm *o, const OrmPrefetch *pf, const OrmStmt *e, char status,
+                      double now, double ttl, bool *expired)
+{
+    *expired = now - pf->filled > ttl;
+    if (*expired || pf->gen != n1_parent_gen(o->sess) || pf->status != status ||
+        e->nparams != pf->nparams || e->res_fmt != pf->res_fmt ||
+        (e->res_fmt == ORM_RES_MIXED && e->res_bin != pf->res_bin))
+        return false;
+    for (int i = 0; i < e->nparams; i++)
+        if (i != pf->param && e->params[i] != pf->params[i])
+            return false;
+    return true;
+}
+
+static PfKey *pf_lookup(OrmPrefetch *pf, uint64_t h)
+{
+    for (uint32_t n = 0; n < pf->nkeys; n++) {
+        uint32_t k = (pf->next + n) % pf->nkeys;
+        if (pf->keys[k].hash == h) {
+            if (!pf->keys[k].ok)
+                return NULL;
+            pf->next = (k + 1) % pf->nkeys;
+            return &pf->keys[k];
+        }
+    }
+    return NULL;
+}
+
+/* ---- the client's execution, peeked at --------------------------------------------------------
+ */
+
+typedef struct Exec {
+    uint8_t *buf; /* the execution's bytes, copied */
+    size_t bytes; /* its length in the client's input */
+    bool simple;  /* a Query; else [Parse] Bind [Describe] Execute Sync */
+    bool has_parse, has_describe;
+    const char *text; /* the statement text (in buf or a PreparedStmt) */
+    size_t text_len;
+    const uint8_t *types; /* the statement's declared parameter types: int16 n, int32[n] */
+    size_t types_len;
+    const uint8_t *bind; /* the Bind body after its two names */
+    size_t bind_len;
+    OrmStmt stmt;
+} Exec;
+
+static void exec_free(Exec *x)
+{
+    free(x->buf);
+    orm_stmt_release(&x->stmt);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/*
+ * Copy the execution at the front of the client's input into x and shape it.
+ * BATCH_PASS when it is not one this file answers, BATCH_INPUT when it has
+ * not all arrived, BATCH_DONE when x is ready.
+ */
+static BatchResult exec_read(Client *c, Exec *x)
+{
+    struct evbuffer *in = c->io.in;
+    size_t avail = evbuffer_get_length(in), n, at = 0;
+    const uint8_t *parse = NULL, *bind = NULL;
+    uint32_t parse_len = 0, bind_len = 0;
+    ClientOrm *o = c->orm;
+    uint8_t type_prev = 0;
+
+    memset(x, 0, sizeof(*x));
+    n = avail < BATCH_MAX_EXEC ? avail : BATCH_MAX_EXEC;
+    if (n < PROTO_HDR_LEN)
+        return BATCH_INPUT;
+    x->buf = malloc(n);
+    if (!x->buf)
+        return BATCH_PASS;
+    evbuffer_copyout(in, x->buf, n);
+    for (int i = 0;; i++) {
+        uint8_t type, prev = i > 0 ? type_prev : 0;
+        uint32_t len;
+        const uint8_t *body;
+        if (at + PROTO_HDR_LEN > n)
+            return avail > n ? BATCH_PASS : BATCH_INPUT;
+        type = x->buf[at];
+        len = be32(x->buf + at + 1);
+        if (len < 4)
+            return BATCH_PASS;
+        len -= 4;
+        if (at + PROTO_HDR_LEN + len > n)
+            return avail > n ? BATCH_PASS : BATCH_INPUT;
+        body = x->buf + at + PROTO_HDR_LEN;
+        at += PROTO_HDR_LEN + len;
+        type_prev = type;
+        if (i == 0 && type == 'Q') {
+            x->simple = true;
+            x->text = (const char *)body;
+            x->text_len = strnlen((const char *)body, len);
+            break;
+        }
+        if (type == 'P' && i == 0 && len > 0 && body[0] == 0) {
+            x->has_parse = true;
+            parse = body;
+            parse_len = len;
+        } else if (type == 'B' && !bind && len >= 2 && body[0] == 0) {
+            bind = body;
+            bind_len = len;
+        } else if (type == 'D' && bind && !x->has_describe && len == 2 && body[0] == 'P' &&
+                   body[1] == 0) {
+            x->has_describe = true;
+        } else if (type == 'E' && bind && len == 5 && body[0] == 0 && be32(body + 1) == 0) {
+            continue;
+        } else if (type == 'S' && prev == 'E') {
+            break;
+        } else {
+            return BATCH_PASS;
+        }
+    }
+    x->bytes = at;
+    if (x->simple) {
+        if (!orm_stmt_shape(c->w->orm, x->text, x->text_len, NULL, 0, &x->stmt))
+            return BATCH_PASS;
+        return BATCH_DONE;
+    }
+    /* the Bind names the statement after the portal's empty name */
+    {
+        const char *stmt = (const char *)bind + 1;
+        size_t sl = strnlen(stmt, bind_len - 1);
+        if (sl == bind_len - 1)
+            return BATCH_PASS;
+        x->bind = bind + 1 + sl + 1;
+        x->bind_len = bind_len - 1 - sl - 1;
+        if (stmt[0] == '\0') {
+            const char *text;
+            size_t tl;
+            if (!parse)
+                return BATCH_PASS; /* reuses an unnamed statement parsed earlier */
+            text = (const char *)parse + 1;
+            tl = strnlen(text, parse_len - 1);
+            if (tl == parse_len - 1)
+                return BATCH_PASS;
+            x->text = text;
+            x->text_len = tl;
+            x->types = (const uint8_t *)text + tl + 1;
+            x->types_len = parse_len - 1 - tl - 1;
+            orm_client_parse_body(c, parse, parse_len);
+            orm_client_bind_body(c, bind, bind_len);
+        } else {
+            PreparedStmt *ps;
+            if (parse || c->pool->mode != POOL_TRANSACTION)
+                return BATCH_PASS;
+            ps = client_stmts_get(&c->stmts, stmt);
+            if (!ps)
+                return BATCH_PASS;
+            x->text = (const char *)ps->body;
+            x->text_len = strnlen((const char *)ps->body, ps->body_len);
+            if (x->text_len == ps->body_len)
+                return BATCH_PASS;
+            x->types = ps->body + x->text_len + 1;
+            x->types_len = ps->body_len - x->text_len - 1;
+            orm_client_bind(c, ps, bind, bind_len);
+        }
+    }
+    if (!o->bound_ok || !o->bound.info)
+        return BATCH_PASS;
+    orm_stmt_copy(&x->stmt, &o->bound);
+    return BATCH_DONE;
+}
+
+/* ---- answering from a prefetch -----------------------------------------------------------------
+ */
+
+static char client_status(const Client *c)
+{
+    return c->server ? c->server->tx_status : 'I';
+}
+
+static void answer(Client *c, Exec *x, OrmPrefetch *pf, PfKey *k)
+{
+    OrmBatchStats *st = &c->w->orm->batch;
+    PktBuf *b = worker_pkt(c->w);
+    char tag[32];
+    double started = now_sec();
+
+    if (x->has_parse) {
+        pkt_begin(b, '1');
+        pkt_end(b);
+    }
+    if (!x->simple) {
+        pkt_begin(b, '2');
+        pkt_end(b);
+    }
+    if (x->simple || x->has_describe)
+        pkt_put_bytes(b, pf->rowdesc, pf->rowdesc_len);
+    if (k->len > 0)
+        pkt_put_bytes(b, pf->rows + k->off, k->len);
+    snprintf(tag, sizeof(tag), "SELECT %" PRIu32, k->nrows);
+    pkt_command_complete(b, tag);
+    pkt_ready(b, client_status(c));
+    io_send(&c->io, b->data, b->len);
+    evbuffer_drain(c->io.in, x->bytes);
+    k->asked++;
+    st->keys_answered++;
+    c->pool->stats.query_count++;
+    orm_stmt_local(c, &x->stmt, k->nrows, started);
+}
+
+/* ---- a batch on its way ------------------------------------------------------------------------
+ */
+
+struct OrmBatch {
+    OrmPrefetch *pf;     /* being filled */
+    uint64_t shape_hash; /* its shape and key parameter, for shape_slot */
+    bool savepoint;      /* the client is in a transaction: all of it inside SAVEPOINT pgc_batch */
+    bool failed;         /* an ErrorResponse came */
+    bool too_big;        /* the answer outgrew BATCH_MAX_BYTES */
+    bool ord_binary;
+    int32_t cur; /* key whose rows are arriving, -1 before the first */
+    uint32_t type_oid;
+    int key_param;  /* 0-based placeholder of the key */
+    int col;        /* parent column of the keys */
+    uint32_t *rows; /* parent rows of the keys, in order */
+    char *sql;      /* the child's text */
+    size_t sql_len;
+    ShapeLit lit; /* the key in sql */
+    bool simple;
+    uint8_t *types; /* declared parameter types of the child: int16 n, int32[n] */
+    size_t types_len;
+    uint8_t *bind; /* the client's Bind body after its names */
+    size_t bind_len;
+};
+
+static void batch_free(OrmBatch *b)
+{
+    if (!b)
+        return;
+    pf_free(b->pf);
+    free(b->rows);
+    free(b->sql);
+    free(b->types);
+    free(b->bind);
+    free(b);
+}
+
+static BatchShape *batch_shape(OrmWorker *ow, const OrmBatch *b)
+{
+    return shape_slot(ow, b->shape_hash, b->key_param);
+}
+
+void batch_client_free(Client *c)
+{
+    ClientOrm *o = c->orm;
+
+    if (!o)
+        return;
+    while (o->npf > 0) {
+        pf_free(o->pf[--o->npf]);
+        o->pf[o->npf] = NULL;
+    }
+    batch_free(o->batch);
+    o->batch = NULL;
+}
+
+static void *dup_bytes(const void *p, size_t n)
+{
+    void *d = malloc(n ? n : 1);
+
+    if (d && n)
+        memcpy(d, p, n);
+    return d;
+}
+
+/* The key array as the key type's text; NULL when a key cannot be written so. */
+static char *key_array(Client *c, const OrmBatch *b, size_t *len)
+{
+    N1Session *sess = c->orm->sess;
+    bool binary = b->col < 64 && (c->orm->parent_bin >> b->col & 1);
+    size_t cap = 16, used = 0;
+    char *buf;
+
+    for (uint32_t i = 0; i < b->pf->nkeys; i++) {
+        const uint8_t *v;
+        int n = n1_parent_value(sess, b->rows[i], b->col, &v);
+        cap += (size_t)(n > 0 ? n : 0) * 2 + 48;
+    }
+    buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    for (uint32_t i = 0; i < b->pf->nkeys; i++) {
+        const uint8_t *v = NULL;
+        int n = n1_parent_value(sess, b->rows[i], b->col, &v);
+        if (!batch_array_add(buf, cap, &used, b->type_oid, v, n, binary)) {
+            free(buf);
+            return NULL;
+        }
+    }
+    if (!batch_array_end(buf, cap, &used)) {
+        free(buf);
+        return NULL;
+    }
+    *len = used;
+    return buf;
+}
+
+static void put_close_stmt(PktBuf *p)
+{
+    pkt_begin(p, 'C');
+    pkt_put_u8(p, 'S');
+    pkt_put_str(p, BATCH_STMT);
+    pkt_end(p);
+}
+
+/* Parse/Describe/Close/Sync of the normalised child, for its parameter types. */
+static void put_learn(PktBuf *p, const ShapeInfo *info)
+{
+    put_close_stmt(p);
+    pkt_begin(p, 'P');
+    pkt_put_str(p, BATCH_STMT);
+    pkt_put_bytes(p, info->sql, info->sql_len);
+    pkt_put_u8(p, 0);
+    pkt_put_i16(p, 0);
+    pkt_end(p);
+    pkt_begin(p, 'D');
+    pkt_put_u8(p, 'S');
+    pkt_put_str(p, BATCH_STMT);
+    pkt_end(p);
+    put_close_stmt(p);
+    pkt_begin(p, 'S');
+    pkt_end(p);
+}
+
+static int16_t be16(const uint8_t *p)
+{
+    return (int16_t)((p[0] << 8) | p[1]);
+}
+
+/*
+ * The batched statement's messages (Close, Parse, Bind, Describe, Execute,
+ * Close, Sync). False when a key cannot be written as the key type or the
+ * client's Bind does not read right.
+ */
+static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
+{
+    const char *tname = batch_type_name(b->type_oid);
+    const uint8_t *q = b->bind, *end = b->bind + b->bind_len;
+    const uint8_t *fmts = NULL, *vals = NULL, *res = NULL;
+    int nfmt = 0, nvals = 0, nres = 0, ntypes = 0, keyidx = -1;
+    size_t vals_len = 0, arr_len;
+    char *sql, *arr;
+    uint32_t array_param = 1;
+
+    if (!tname)
+        return false;
+    if (!b->simple) {
+        /* the client's Bind: formats, values, result formats */
+        if (end - q < 2)
+            return false;
+        nfmt = be16(q);
+        q += 2;
+        if (nfmt < 0 || end - q < 2 * nfmt + 2)
+            return false;
+        fmts = q;
+        q += 2 * nfmt;
+        nvals = be16(q);
+        q += 2;
+        vals = q;
+        for (int i = 0; i < nvals; i++) {
+            int32_t l;
+            if (end - q < 4)
+                return false;
+            l = (int32_t)be32(q);
+            q += 4;
+            if (l > 0) {
+                if (end - q < l)
+                    return false;
+                q += l;
+            }
+        }
+        vals_len = (size_t)(q - vals);
+        if (end - q < 2)
+            return false;
+        nres = be16(q);
+        q += 2;
+        if (nres < 0 || end - q < 2 * nres)
+            return false;
+        res = q;
+        if (nvals < 0 || (nfmt > 1 && nfmt != nvals) || b->lit.bind < 1 || b->lit.bind > nvals)
+            return false;
+        keyidx = b->lit.bind - 1;
+        ntypes = b->types_len >= 2 ? be16(b->types) : 0;
+        if (ntypes < 0 || ntypes > nvals || b->types_len < 2 + 4 * (size_t)ntypes)
+            return false;
+        array_param = (uint32_t)nvals + 1;
+    }
+    arr = key_array(c, b, &arr_len);
+    if (!arr) {
+        c->w->orm->batch.fb_keys++;
+        return false;
+    }
+    if (!batch_sql(b->sql, b->sql_len, &b->lit, array_param, tname, &sql)) {
+        free(arr);
+        return false;
+    }
+    put_close_stmt(p);
+    pkt_begin(p, 'P');
+    pkt_put_str(p, BATCH_STMT);
+    pkt_put_str(p, sql);
+    if (b->simple) {
+        pkt_put_i16(p, 0);
+    } else {
+        /* the client's declared types; the key's own $n is no longer used, so
+         * it must have one: text when the client left it open */
+        pkt_put_i16(p, (int16_t)(nvals + 1));
+        for (int i = 0; i < nvals; i++) {
+            uint32_t oid = i < ntypes ? be32(b->types + 2 + 4 * i) : 0;
+            if (i == keyidx && oid == 0)
+                oid = 25;
+            pkt_put_i32(p, (int32_t)oid);
+        }
+        pkt_put_i32(p, 0);
+    }
+    pkt_end(p);
+    free(sql);
+
+    pkt_begin(p, 'B');
+    pkt_put_u8(p, 0);
+    pkt_put_str(p, BATCH_STMT);
+    if (b->simple || nfmt == 0) {
+        pkt_put_i16(p, 0);
+    } else {
+        pkt_put_i16(p, (int16_t)(nvals + 1));
+        for (int i = 0; i < nvals; i++)
+            pkt_put_i16(p, be16(fmts + 2 * (nfmt == 1 ? 0 : i)));
+        pkt_put_i16(p, 0);
+    }
+    pkt_put_i16(p, (int16_t)(nvals + 1));
+    if (!b->simple) {
+        /* the values, the key's replaced by NULL */
+        const uint8_t *v = vals;
+        for (int i = 0; i < nvals; i++) {
+            int32_t l = (int32_t)be32(v);
+            size_t sz = 4 + (size_t)(l > 0 ? l : 0);
+            if (i == keyidx)
+                pkt_put_i32(p, -1);
+            else
+                pkt_put_bytes(p, v, sz);
+            v += sz;
+        }
+        (void)vals_len;
+    }
+    pkt_put_i32(p, (int32_t)arr_len);
+    pkt_put_bytes(p, arr, arr_len);
+    free(arr);
+    if (nres == 0) {
+        pkt_put_i16(p, 0);
+    } else if (nres == 1) {
+        pkt_put_i16(p, 1);
+        pkt_put_i16(p, be16(res));
+        b->ord_binary = be16(res) == 1;
+    } else {
+        pkt_put_i16(p, (int16_t)(nres + 1));
+        pkt_put_i16(p, 0);
+        for (int i = 0; i < nres; i++)
+            pkt_put_i16(p, be16(res + 2 * i));
+    }
+    pkt_end(p);
+
+    pkt_begin(p, 'D');
+    pkt_put_u8(p, 'P');
+    pkt_put_u8(p, 0);
+    pkt_end(p);
+    pkt_begin(p, 'E');
+    pkt_put_u8(p, 0);
+    pkt_put_i32(p, 0);
+    pkt_end(p);
+    put_close_stmt(p);
+    pkt_begin(p, 'S');
+    pkt_end(p);
+    return true;
+}
+
+/* Small set of 64-bit hashes (never 0) for picking distinct keys. */
+typedef struct HashSet {
+    uint64_t *v;
+    uint32_t mask;
+} HashSet;
+
+static bool hs_init(HashSet *h, uint32_t n)
+{
+    uint32_t cap = 16;
+
+    while (cap < n * 2)
+        cap <<= 1;
+    h->v = calloc(cap, sizeof(*h->v));
+    h->mask = cap - 1;
+    return h->v != NULL;
+}
+
+/* Add x; false when it was there. */
+static bool hs_add(HashSet *h, uint64_t x)
+{
+    uint32_t i;
+
+    x |= 1;
+    for (i = (uint32_t)(x >> 32) & h->mask; h->v[i]; i = (i + 1) & h->mask)
+        if (h->v[i] == x)
+            return false;
+    h->v[i] = x;
+    return true;
+}
+
+/*
+ * The keys to fetch: this statement's first, then the key column's values
+ * further down, distinct, neither NULL nor seen above this row (the ORM
+ * holds those already), up to the session's batch size.
+ */
+static uint32_t pick_keys(Client *c, const N1BatchPlan *plan, uint32_t **out)
+{
+    N1Session *sess = c->orm->sess;
+    uint32_t nrows = n1_parent_rows(sess), n = 0, limit = (uint32_t)c->w->cfg->n1_batch_max;
+    HashSet seen;
+    uint32_t *rows;
+
+    if (c->orm->batch_hint && c->orm->batch_hint < limit)
+        limit = c->orm->batch_hint;
+    if (!hs_init(&seen, nrows + 1))
+        return 0;
+    rows = malloc(sizeof(*rows) * (limit < nrows ? limit : nrows));
+    if (!rows) {
+        free(seen.v);
+        return 0;
+    }
+    for (uint32_t r = 0; r < plan->row; r++)
+        hs_add(&seen, n1_parent_hash_at(sess, r, plan->col));
+    hs_add(&seen, n1_parent_hash_at(sess, plan->row, plan->col));
+    rows[n++] = plan->row;
+    for (uint32_t r = plan->row + 1; r < nrows && n < limit; r++) {
+        const uint8_t *v;
+        uint64_t h = n1_parent_hash_at(sess, r, plan->col);
+        if (h == SHAPE_HASH_NULL || n1_parent_value(sess, r, plan->col, &v) < 0 ||
+            !hs_add(&seen, h))
+            continue;
+        rows[n++] = r;
+    }
+    free(seen.v);
+    *out = rows;
+    return n;
+}
+
+/* Everything a batch needs that the client's input holds, copied. */
+static OrmBatch *batch_new(Client *c, const Exec *x, const N1BatchPlan *plan, BatchShape *bs,
+                           const ShapeLit *lit)
+{
+    OrmBatch *b = calloc(1, sizeof(*b));
+    OrmPrefetch *pf = calloc(1, sizeof(*pf));
+    N1Session *sess = c->orm->sess;
+
+    if (!b || !pf)
+        goto fail;
+    b->pf = pf;
+    b->shape_hash = x->stmt.info->hash;
+    b->cur = -1;
+    b->type_oid = bs->type_oid;
+    b->key_param = plan->param;
+    b->col = plan->col;
+    b->lit = *lit;
+    b->simple = x->simple;
+    b->sql = dup_bytes(x->text, x->text_len);
+    b->sql_len = x->text_len;
+    b->types = dup_bytes(x->types, x->types_len);
+    b->types_len = x->types_len;
+    b->bind = dup_bytes(x->bind, x->bind_len);
+    b->bind_len = x->bind_len;
+    if (!b->sql || !b->types || !b->bind)
+        goto fail;
+    pf->nkeys = pick_keys(c, plan, &b->rows);
+    if (pf->nkeys < 2)
+        goto fail;
+    pf->keys = calloc(pf->nkeys, sizeof(*pf->keys));
+    if (!pf->keys)
+        goto fail;
+    for (uint32_t i = 0; i < pf->nkeys; i++)
+        pf->keys[i].hash = n1_parent_hash_at(sess, b->rows[i], plan->col);
+    pf->child = x->stmt.info->hash;
+    pf->param = plan->param;
+    pf->nparams = x->stmt.nparams;
+    memcpy(pf->params, x->stmt.params, sizeof(pf->params));
+    pf->res_fmt = x->stmt.res_fmt;
+    pf->res_bin = x->stmt.res_bin;
+    pf->gen = plan->gen;
+    return b;
+fail:
+    if (b)
+        b->pf = NULL;
+    batch_free(b);
+    pf_free(pf);
+    return NULL;
+}
+
+/* Is placeholder param of the client's text one plain value (not a list, not typed)? */
+static bool key_literal(OrmWorker *ow, const Exec *x, int param, ShapeLit *out)
+{
+    ShapeBuf *sb = ow->sb;
+    const ShapeParam *pp;
+
+    if (!shape_normalize(x->text, x->text_len, sb) || sb->nstmts != 1 ||
+        (uint32_t)param >= sb->nparams)
+        return false;
+    pp = &sb->params[param];
+    if (pp->n != 1 || pp->flags != 0)
+        return false;
+    *out = sb->lits[pp->first];
+    return out->kind != SHAPE_LIT_NULL && (out->kind != SHAPE_LIT_BIND || !x->simple);
+}
+
+/* Send the batch (or first the key type's learning) for the client's execution. */
+static BatchResult launch(Client *c, Exec *x, const N1BatchPlan *plan, BatchShape *bs,
+                          const ShapeLit *lit)
+{
+    Server *s = c->server;
+    OrmBatch *b = batch_new(c, x, plan, bs, lit);
+    PktBuf *p;
+    bool ok;
+
+    if (!b)
+        return BATCH_PASS;
+    p = worker_pkt(c->w);
+    b->savepoint = s->tx_status == 'T';
+    if (b->savepoint)
+        pkt_query(p, "SAVEPOINT " BATCH_SAVEPOINT);
+    if (bs->type_oid == 0) {
+        put_learn(p, x->stmt.info);
+    } else if (!put_batch(c, b, p)) {
+        shape_failed(c->w->orm, bs, false);
+        batch_free(b);
+        return BATCH_PASS;
+    }
+    ok = (!b->savepoint || rq_push(s, RQ_INTERNAL, NULL, NULL)) &&
+         rq_push(s, bs->type_oid == 0 ? RQ_BATCH_TYPES : RQ_BATCH, NULL, NULL);
+    if (!ok)
+        goto oom;
+    c->orm->batch = b;
+    server_send(s, p);
+    return BATCH_WAIT;
+oom:
+    batch_free(b);
+    client_error_close(c, "53200", "out of memory");
+    return BATCH_WAIT;
+}
+
+BatchResult batch_client(Client *c)
+{
+    const Config *cfg = c->w->cfg;
+    OrmWorker *ow = c->w->orm;
+    ClientOrm *o = orm_client_get(c);
+    BatchResult r;
+    N1BatchPlan plan;
+    BatchShape *bs;
+    ShapeLit lit;
+    Exec x;
+    int i;
+    char status = client_status(c);
+    double now;
+
+    if (!o)
+        return BATCH_PASS;
+    if (o->batch)
+        return BATCH_WAIT;
+    n1_session_keep_values(o->sess, true);
+    if (o->npf == 0 && !n1_runs_ready(o->sess, cfg->n1_batch_after))
+        return BATCH_PASS; /* the common case: no run to batch, nothing prefetched */
+    r = exec_read(c, &x);
+    if (r != BATCH_DONE) {
+        exec_free(&x);
+        return r;
+    }
+    r = BATCH_PASS;
+    if (!x.stmt.info || x.stmt.info->kind != SHAPE_KIND_SELECT ||
+        !(x.stmt.info->flags & SHAPE_F_READ_ONLY) || status == 'E') {
+        batch_drop_all(c);
+        goto out;
+    }
+    now = now_sec();
+    i = pf_find(o, x.stmt.info->hash);
+    if (i >= 0) {
+        bool expired;
+        if (!pf_usable(o, o->pf[i], &x.stmt, status, now, cfg->n1_prefetch_ttl, &expired)) {
+            pf_drop(c, i, expired);
+        } else {
+            PfKey *k = pf_lookup(o->pf[i], x.stmt.params[o->pf[i]->param]);
+            if (k) {
+                answer(c, &x, o->pf[i], k);
+                r = BATCH_DONE;
+                goto out;
+            }
+        }
+    }
+    if (o->batch_skip)
+        goto out; /* cleared when the execution is forwarded (orm_feed.c) */
+    if (!x.stmt.info->batchable || !n1_batch_plan(o->sess, x.stmt.info, x.stmt.params,
+                                                  x.stmt.nparams, cfg->n1_batch_after, &plan))
+        goto out;
+    bs = shape_slot(ow, x.stmt.info->hash, plan.param);
+    if (bs->never || !key_literal(ow, &x, plan.param, &lit))
+        goto out;
+    if (!c->server) {
+        r = BATCH_SERVER;
+        goto out;
+    }
+    if (!rq_quiet(c->server) || c->server->dirty)
+        goto out;
+    r = launch(c, &x, &plan, bs, &lit);
+out:
+    exec_free(&x);
+    return r;
+}
+
+/* ---- the server's answers ----------------------------------------------------------------------
+ */
+
+/* A DataRow of the batch: cut off the ordinality and file it under its key. */
+static void batch_row(OrmBatch *b, const uint8_t *body, uint32_t len)
+{
+    OrmPrefetch *pf = b->pf;
+    int64_t ord, n;
+    int32_t k;
+
+    if (b->failed || b->too_big)
+        return;
+    if (pf->rows_len + PROTO_HDR_LEN + len > BATCH_MAX_BYTES) {
+        b->too_big = true;
+        return;
+    }
+    if (pf->rows_len + PROTO_HDR_LEN + len > pf->rows_cap) {
+        size_t cap = pf->rows_cap ? pf->rows_cap : 8192;
+        uint8_t *nr;
+        while (cap < pf->rows_len + PROTO_HDR_LEN + len)
+            cap *= 2;
+        nr = realloc(pf->rows, cap);
+        if (!nr) {
+            b->too_big = true;
+            return;
+        }
+        pf->rows = nr;
+        pf->rows_cap = cap;
+    }
+    n = batch_cut_row(body, len, b->ord_binary, &ord, pf->rows + pf->rows_len + PROTO_HDR_LEN);
+    if (n < 0 || ord < 1 || ord > (int64_t)pf->nkeys || ord - 1 < b->cur) {
+        b->failed = true; /* not the answer the statement promises */
+        return;
+    }
+    k = (int32_t)(ord - 1);
+    if (k != b->cur) {
+        b->cur = k;
+        pf->keys[k].off = (uint32_t)pf->rows_len;
+    }
+    pf->rows[pf->rows_len] = 'D';
+    pf->rows[pf->rows_len + 1] = (uint8_t)((uint32_t)(n + 4) >> 24);
+    pf->rows[pf->rows_len + 2] = (uint8_t)((uint32_t)(n + 4) >> 16);
+    pf->rows[pf->rows_len + 3] = (uint8_t)((uint32_t)(n + 4) >> 8);
+    pf->rows[pf->rows_len + 4] = (uint8_t)(n + 4);
+    pf->rows_len += PROTO_HDR_LEN + (size_t)n;
+    pf->keys[k].len += PROTO_HDR_LEN + (uint32_t)n;
+    pf->keys[k].nrows++;
+}
+
+static void batch_rowdesc(OrmBatch *b, const uint8_t *body, uint32_t len)
+{
+    OrmPrefetch *pf = b->pf;
+    int64_t n;
+
+    free(pf->rowdesc);
+    pf->rowdesc = malloc(PROTO_HDR_LEN + len);
+    if (!pf->rowdesc) {
+        b->failed = true;
+        return;
+    }
+    n = batch_cut_rowdesc(body, len, pf->rowdesc + PROTO_HDR_LEN);
+    if (n < 0) {
+        b->failed = true;
+        return;
+    }
+    pf->rowdesc[0] = 'T';
+    pf->rowdesc[1] = (uint8_t)((uint32_t)(n + 4) >> 24);
+    pf->rowdesc[2] = (uint8_t)((uint32_t)(n + 4) >> 16);
+    pf->rowdesc[3] = (uint8_t)((uint32_t)(n + 4) >> 8);
+    pf->rowdesc[4] = (uint8_t)(n + 4);
+    pf->rowdesc_len = (uint32_t)(PROTO_HDR_LEN + n);
+}
+
+static void batch_types(OrmBatch *b, const uint8_t *body, uint32_t len)
+{
+    int n;
+
+    if (len < 2)
+        return;
+    n = be16(body);
+    if (b->key_param < n && len >= 2 + 4 * (uint32_t)(b->key_param + 1))
+        b->type_oid = be32(body + 2 + 4 * b->key_param);
+}
+
+/* After the batch: let the client carry on. False when s is no longer the client's. */
+static bool client_go_on(Server *s, Client *c)
+{
+    if (server_releasable(s)) {
+        server_end_of_transaction(s);
+        return false;
+    }
+    client_continue(c);
+    return s->client == c && s->state != SV_CLOSING;
+}
+
+/* The batch is over, answered or not. */
+static bool batch_end(Server *s, Client *c, bool ok)
+{
+    ClientOrm *o = c->orm;
+    OrmBatch *b = o->batch;
+    OrmWorker *ow = c->w->orm;
+    PktBuf *p = worker_pkt(c->w);
+
+    if (b->savepoint) {
+        pkt_query(p, s->tx_status == 'E' ? "ROLLBACK TO SAVEPOINT " BATCH_SAVEPOINT
+                                           "; RELEASE SAVEPOINT " BATCH_SAVEPOINT
+                                         : "RELEASE SAVEPOINT " BATCH_SAVEPOINT);
+        if (!rq_push(s, RQ_INTERNAL, NULL, NULL)) {
+            server_close(s, "out of memory");
+            return false;
+        }
+    }
+    if (ok) {
+        int i = pf_find(o, b->pf->child);
+        OrmPrefetch *pf = b->pf;
+        if (i >= 0)
+            pf_drop(c, i, false);
+        else if (o->npf == ORM_MAX_PREFETCH)
+            pf_drop(c, 0, false);
+        for (uint32_t k = 0; k < pf->nkeys; k++)
+            pf->keys[k].ok = true;
+        pf->status = b->savepoint ? 'T' : 'I';
+        pf->filled = now_sec();
+        o->pf[o->npf++] = pf;
+        b->pf = NULL;
+        ow->batch.batches++;
+        ow->batch.keys_prefetched += pf->nkeys;
+    } else {
+        o->batch_skip = true;
+    }
+    batch_free(b);
+    o->batch = NULL;
+    if (p->len > 0)
+        server_send(s, p);
+    if (s->state == SV_CLOSING)
+        return false;
+    return client_go_on(s, c);
+}
+
+bool batch_server_input(Server *s)
+{
+    Client *c = s->client;
+    OrmBatch *b = c && c->orm ? c->orm->batch : NULL;
+    OrmWorker *ow = s->w->orm;
+
+    while (batch_item(rq_head(s))) {
+        uint8_t hdr[PROTO_HDR_LEN];
+        const uint8_t *body;
+        char type;
+        uint32_t len;
+        RqKind kind = rq_head(s)->kind;
+
+        if (!b) {
+            server_close(s, "batched statement without its client");
+            return false;
+        }
+        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN)
+            return false;
+        evbuffer_copyout(s->io.in, hdr, PROTO_HDR_LEN);
+        if (proto_frame_header(hdr, BATCH_MAX_MSG, &type, &len) != FRAME_OK) {
+            server_close(s, "malformed or oversized message from server in a batch");
+            return false;
+        }
+        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN + len)
+            return false;
+        body = evbuffer_pullup(s->io.in, PROTO_HDR_LEN + len) + PROTO_HDR_LEN;
+        switch (type) {
+        case 't':
+            if (kind == RQ_BATCH_TYPES)
+                batch_types(b, body, len);
+            break;
+        case 'T':
+            if (kind == RQ_BATCH)
+                batch_rowdesc(b, body, len);
+            break;
+        case 'D':
+            if (kind == RQ_BATCH)
+                batch_row(b, body, len);
+            break;
+        case 'E': {
+            ProtoError e;
+            b->failed = true;
+            if (proto_parse_error(body, len, &e) && e.message)
+                log_debug("batched statement failed, sending the single one: %s", e.message);
+            break;
+        }
+        case 'S':
+            server_note_param(s, body, len);
+            break;
+        case 'Z':
+            s->tx_status = len >= 1 ? (char)body[0] : 'I';
+            break;
+        default:
+            break;
+        }
+        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        if (type != 'Z')
+            continue;
+        rq_pop_head(s);
+        if (kind == RQ_BATCH_TYPES) {
+            PktBuf *p;
+            if (b->failed || !batch_type_name(b->type_oid)) {
+                ow->batch.fb_type++;
+                shape_failed(ow, batch_shape(ow, b), true);
+                return batch_end(s, c, false);
+            }
+            batch_shape(ow, b)->type_oid = b->type_oid;
+            ow->batch.types_learned++;
+            p = worker_pkt(s->w);
+            if (!put_batch(c, b, p)) {
+                shape_failed(ow, batch_shape(ow, b), false);
+                return batch_end(s, c, false);
+            }
+            if (!rq_push(s, RQ_BATCH, NULL, NULL)) {
+                server_close(s, "out of memory");
+                return false;
+            }
+            server_send(s, p);
+            continue;
+        }
+        if (b->failed || b->too_big || !b->pf->rowdesc) {
+            ow->batch.fb_error++;
+            shape_failed(ow, batch_shape(ow, b), false);
+            return batch_end(s, c, false);
+        }
+        return batch_end(s, c, true);
+    }
+    return true;
+}
