@@ -668,30 +668,22 @@ static const char *fmt_wall_us(char *buf, size_t len, uint64_t us)
 /* The N+1 patterns, most child time first (see docs/operations.md). */
 static void show_n1(AdminConn *a, const Args *args)
 {
-    static const char *const cols[] = {"parent_sql",
-                                       "child_sql",
-                                       "key_column",
-                                       "key_source",
-                                       "occurrences",
-                                       "total_run_length",
-                                       "max_run_length",
-                                       "avg_run_length",
-                                       "child_time_us",
-                                       "time_per_run_us",
-                                       "child_rows",
-                                       "first_seen",
-                                       "last_seen",
-                                       "application_name",
-                                       "user",
-                                       "database",
-                                       "fix"};
+    static const char *const cols[] = {"parent_sql",       "child_sql",
+                                       "key_column",       "key_source",
+                                       "occurrences",      "total_run_length",
+                                       "max_run_length",   "avg_run_length",
+                                       "child_time_us",    "time_per_run_us",
+                                       "child_rows",       "batched",
+                                       "first_seen",       "last_seen",
+                                       "application_name", "user",
+                                       "database",         "fix"};
     static const uint32_t types[] = {T_TEXT, T_TEXT,   T_TEXT, T_TEXT, T_INT8, T_INT8,
-                                     T_INT8, T_FLOAT8, T_INT8, T_INT8, T_INT8, T_TEXT,
-                                     T_TEXT, T_TEXT,   T_TEXT, T_TEXT, T_TEXT};
+                                     T_INT8, T_FLOAT8, T_INT8, T_INT8, T_INT8, T_INT8,
+                                     T_TEXT, T_TEXT,   T_TEXT, T_TEXT, T_TEXT, T_TEXT};
     const N1Table *t = a->ops->w->orm->n1;
     N1TableStats st;
     const N1Pattern **pats;
-    Res r = res_begin(a, 17, cols, types);
+    Res r = res_begin(a, 18, cols, types);
     size_t n;
 
     n1_table_stats(t, &st);
@@ -715,6 +707,7 @@ static void show_n1(AdminConn *a, const Args *args)
                                fmt_u64(b[3], p->child_us),
                                fmt_u64(b[4], p->occurrences ? p->child_us / p->occurrences : 0),
                                fmt_u64(b[5], p->child_rows),
+                               fmt_u64(b[6], p->batched),
                                fmt_wall_us(first, sizeof(first), p->first_seen_us),
                                fmt_wall_us(last, sizeof(last), p->last_seen_us),
                                p->application_name,
@@ -777,6 +770,43 @@ static void show_queries(AdminConn *a, const Args *args)
     res_end(&r, "SHOW");
 }
 
+/* N+1 batching counters (n1_mode = batch), one row. */
+static void show_batch(AdminConn *a, const Args *args)
+{
+    static const char *const cols[] = {"batches",
+                                       "keys_prefetched",
+                                       "keys_answered",
+                                       "keys_wasted",
+                                       "round_trips_saved",
+                                       "types_learned",
+                                       "fallback_error",
+                                       "fallback_key_type",
+                                       "fallback_key_value",
+                                       "prefetches_dropped",
+                                       "prefetches_expired",
+                                       "unbatchable_shapes"};
+    static const uint32_t types[] = {T_INT8, T_INT8, T_INT8, T_INT8, T_INT8, T_INT8,
+                                     T_INT8, T_INT8, T_INT8, T_INT8, T_INT8, T_INT8};
+    const OrmBatchStats *st = &a->ops->w->orm->batch;
+    Res r = res_begin(a, 12, cols, types);
+    char b[12][24];
+    const char *v[] = {fmt_u64(b[0], st->batches),
+                       fmt_u64(b[1], st->keys_prefetched),
+                       fmt_u64(b[2], st->keys_answered),
+                       fmt_u64(b[3], st->keys_wasted),
+                       fmt_u64(b[4], orm_batch_round_trips_saved(st)),
+                       fmt_u64(b[5], st->types_learned),
+                       fmt_u64(b[6], st->fb_error),
+                       fmt_u64(b[7], st->fb_type),
+                       fmt_u64(b[8], st->fb_keys),
+                       fmt_u64(b[9], st->dropped),
+                       fmt_u64(b[10], st->expired),
+                       fmt_u64(b[11], st->unbatchable)};
+
+    res_row(&r, v);
+    res_end(&r, "SHOW");
+}
+
 static void show_help(AdminConn *a, const Args *args);
 
 typedef struct AdminShow {
@@ -796,6 +826,9 @@ static const AdminShow shows[] = {
      "N+1 patterns (parent and child statement) with run lengths, time and the fix, most time "
      "first"},
     {"queries", show_queries, "statement statistics per shape: calls, time, rows"},
+    {"batch", show_batch,
+     "N+1 batching: batches, keys prefetched, answered and wasted, round trips saved, "
+     "fallbacks by reason"},
     {"version", show_version, "the pgcoalesce version"},
     {"help", show_help, "this list"},
 };

@@ -706,6 +706,7 @@ void orm_stmt_local(Client *c, const OrmStmt *e, uint64_t rows, double started)
             log_new_pattern(c, pat);
         }
     }
+    n1_statement_batched(o->sess);
     n1_statement_done(o->sess, us, rows);
     qstats_record(ow->queries, e->info, us, rows, orm_wall_us(c->w, now));
     ow->statements++;

@@ -108,6 +108,14 @@ typedef struct OrmBatchStats {
     uint64_t unbatchable;       /* shapes given up on after repeated failures */
 } OrmBatchStats;
 
+/* Server round trips the batches saved: answered keys less the batches' own trips. */
+static inline uint64_t orm_batch_round_trips_saved(const OrmBatchStats *st)
+{
+    uint64_t cost = st->batches + st->types_learned;
+
+    return st->keys_answered > cost ? st->keys_answered - cost : 0;
+}
+
 typedef struct OrmPrefetch OrmPrefetch;       /* daemon/batch.c */
 typedef struct OrmBatch OrmBatch;             /* daemon/batch.c */
 typedef struct OrmBatchShapes OrmBatchShapes; /* daemon/batch.c */

@@ -58,12 +58,28 @@ static void n1_pattern_json(struct evbuffer *out, const N1Pattern *p)
         p->occurrences, p->total_run_len, p->max_run_len,
         p->occurrences ? (double)p->total_run_len / (double)p->occurrences : 0.0, p->child_us,
         p->occurrences ? p->child_us / p->occurrences : 0, p->child_rows);
+    evbuffer_add_printf(out, ",\"batched\":%" PRIu64, p->batched);
     js_time(out, "first_seen", p->first_seen_us);
     js_time(out, "last_seen", p->last_seen_us);
     js_field(out, "application_name", p->application_name, false);
     js_field(out, "user", p->user, false);
     js_field(out, "database", p->database, false);
     js_field(out, "fix", fix, false);
+}
+
+/* "batch":{...},: the counters of n1_mode = batch. */
+static void batch_json(struct evbuffer *out, const OrmBatchStats *st)
+{
+    evbuffer_add_printf(out,
+                        "\"batch\":{\"batches\":%" PRIu64 ",\"keys_prefetched\":%" PRIu64
+                        ",\"keys_answered\":%" PRIu64 ",\"keys_wasted\":%" PRIu64
+                        ",\"round_trips_saved\":%" PRIu64 ",\"types_learned\":%" PRIu64
+                        ",\"fallbacks\":{\"error\":%" PRIu64 ",\"key_type\":%" PRIu64
+                        ",\"key_value\":%" PRIu64 "},\"prefetches_dropped\":%" PRIu64
+                        ",\"prefetches_expired\":%" PRIu64 ",\"unbatchable_shapes\":%" PRIu64 "},",
+                        st->batches, st->keys_prefetched, st->keys_answered, st->keys_wasted,
+                        orm_batch_round_trips_saved(st), st->types_learned, st->fb_error,
+                        st->fb_type, st->fb_keys, st->dropped, st->expired, st->unbatchable);
 }
 
 void orm_render_n1_json(const Ops *ops, struct evbuffer *out)
@@ -79,9 +95,11 @@ void orm_render_n1_json(const Ops *ops, struct evbuffer *out)
     evbuffer_add_printf(out,
                         "{\"n1_mode\":\"%s\",\"n1_threshold\":%d,\"runs_detected\":%" PRIu64
                         ",\"patterns_found\":%" PRIu64 ",\"patterns_evicted\":%" PRIu64
-                        ",\"max_patterns\":%zu,\"patterns\":[",
+                        ",\"max_patterns\":%zu,",
                         n1_mode_name(ops->w->cfg->n1_mode), ops->w->cfg->n1_threshold,
                         st.runs_detected, ow->new_patterns, st.patterns_evicted, st.capacity);
+    batch_json(out, &ow->batch);
+    evbuffer_add(out, "\"patterns\":[", 12);
     for (size_t i = 0; i < n; i++) {
         evbuffer_add(out, i ? ",{" : "{", i ? 2 : 1);
         n1_pattern_json(out, pats[i]);
@@ -162,6 +180,33 @@ void orm_render_metrics(const Ops *ops, struct evbuffer *out)
                         "pgcoalesce_statements_total{shape=\"known\"} %" PRIu64 "\n"
                         "pgcoalesce_statements_total{shape=\"unknown\"} %" PRIu64 "\n",
                         ow->statements - ow->unknown, ow->unknown);
+    prom_counter(out, "pgcoalesce_n1_batches_total", "counter",
+                 "Batched statements that answered an N+1 run (n1_mode = batch).",
+                 ow->batch.batches);
+    prom_counter(out, "pgcoalesce_n1_batch_keys_prefetched_total", "counter",
+                 "Keys fetched by batched statements.", ow->batch.keys_prefetched);
+    prom_counter(out, "pgcoalesce_n1_batch_keys_answered_total", "counter",
+                 "Child executions answered from a batch instead of the server.",
+                 ow->batch.keys_answered);
+    prom_counter(out, "pgcoalesce_n1_batch_keys_wasted_total", "counter",
+                 "Prefetched keys dropped without being asked for.", ow->batch.keys_wasted);
+    prom_counter(out, "pgcoalesce_n1_batch_round_trips_saved_total", "counter",
+                 "Server round trips saved: answered keys less the batches' own round trips.",
+                 orm_batch_round_trips_saved(&ow->batch));
+    evbuffer_add_printf(out,
+                        "# HELP pgcoalesce_n1_batch_fallbacks_total Batches given up on, the "
+                        "single statement sent instead, by reason.\n"
+                        "# TYPE pgcoalesce_n1_batch_fallbacks_total counter\n"
+                        "pgcoalesce_n1_batch_fallbacks_total{reason=\"error\"} %" PRIu64 "\n"
+                        "pgcoalesce_n1_batch_fallbacks_total{reason=\"key_type\"} %" PRIu64 "\n"
+                        "pgcoalesce_n1_batch_fallbacks_total{reason=\"key_value\"} %" PRIu64 "\n",
+                        ow->batch.fb_error, ow->batch.fb_type, ow->batch.fb_keys);
+    prom_counter(
+        out, "pgcoalesce_n1_prefetches_dropped_total", "counter",
+        "Prefetched answers dropped (another statement, a status change, n1_prefetch_ttl).",
+        ow->batch.dropped);
+    prom_counter(out, "pgcoalesce_n1_prefetches_expired_total", "counter",
+                 "Prefetched answers dropped by n1_prefetch_ttl.", ow->batch.expired);
     prom_counter(out, "pgcoalesce_shape_cache_entries", "gauge",
                  "Statement shapes held with their analysis (shape_cache_size).",
                  (uint64_t)ss.count);

@@ -29,6 +29,12 @@ typedef struct N1Cand {
     uint32_t pos;
 } N1Cand;
 
+/* Where a parent cell's bytes are kept. */
+typedef struct N1Cell {
+    uint32_t off;
+    int32_t len;
+} N1Cell;
+
 /* The run of one child shape under the current parent. */
 typedef struct N1Run {
     uint64_t child; /* child shape hash; 0: free slot */
@@ -39,6 +45,7 @@ typedef struct N1Run {
     uint32_t count;
     bool reported;
     uint64_t us, rows;
+    uint64_t batched;
     uint64_t last_used; /* session sequence number, for LRU among runs */
     int ncand;
     N1Cand cand[N1_MAX_CANDS];
@@ -72,12 +79,14 @@ struct N1Session {
     uint64_t parent_gen; /* bumped each time a statement becomes the parent */
 
     /* The parent's values as sent (n1_session_keep_values): cell i is
-     * raw[raw_off[i] .. + raw_len[i]), raw_len -1 for NULL, -2 not kept. */
+     * raw[cells[i].off .. + cells[i].len), len -1 for NULL, -2 not kept.
+     * Both grow as a parent's result needs them, up to result_memory cells
+     * and N1_RAW_AVG bytes per cell. */
     bool keep;
-    uint32_t *raw_off;
-    int32_t *raw_len;
+    N1Cell *cells;
+    size_t ncells, cells_cap;
     uint8_t *raw;
-    size_t raw_used, raw_cap;
+    size_t raw_used, raw_cap, raw_max;
 };
 
 /* ---- the pattern table ---- */
@@ -207,8 +216,7 @@ void n1_session_free(N1Session *s)
     shape_info_unref(s->parent);
     free(s->vals);
     free(s->filter);
-    free(s->raw_off);
-    free(s->raw_len);
+    free(s->cells);
     free(s->raw);
     free(s);
 }
@@ -254,6 +262,7 @@ static void become_parent(N1Session *s, const ShapeInfo *info)
     s->ncols = 0;
     s->nrows = 0;
     s->raw_used = 0;
+    s->ncells = 0;
     s->full = false;
     s->want_result = s->t->result_memory > 0;
     if (s->filter_dirty) {
@@ -410,6 +419,7 @@ static N1Event report(N1Session *s, N1Run *r, const ShapeInfo *child, uint64_t n
     p->total_run_len += r->count;
     p->child_us += r->us;
     p->child_rows += r->rows;
+    p->batched += r->batched;
     if (r->count > p->max_run_len)
         p->max_run_len = r->count;
     p->last_seen_us = now;
@@ -507,17 +517,11 @@ static bool ensure_store(N1Session *s)
 {
     int mem = s->t->result_memory;
 
-    if (s->vals && s->cap_vals == mem && (!s->keep || s->raw))
+    s->raw_max = (size_t)mem * N1_RAW_AVG;
+    if (s->vals && s->cap_vals == mem)
         return true;
     free(s->vals);
     free(s->filter);
-    free(s->raw_off);
-    free(s->raw_len);
-    free(s->raw);
-    s->raw_off = NULL;
-    s->raw_len = NULL;
-    s->raw = NULL;
-    s->raw_cap = 0;
     s->cap_vals = mem;
     s->filter_bits = 64;
     while (s->filter_bits < (uint32_t)mem * 4 && s->filter_bits < (1u << 24))
@@ -525,21 +529,6 @@ static bool ensure_store(N1Session *s)
     s->vals = malloc((size_t)mem * sizeof(*s->vals));
     s->filter = calloc(s->filter_bits / 64, sizeof(*s->filter));
     s->filter_dirty = false;
-    if (s->keep && mem > 0) {
-        s->raw_cap = (size_t)mem * N1_RAW_AVG;
-        s->raw_off = malloc((size_t)mem * sizeof(*s->raw_off));
-        s->raw_len = malloc((size_t)mem * sizeof(*s->raw_len));
-        s->raw = malloc(s->raw_cap);
-        if (!s->raw_off || !s->raw_len || !s->raw) {
-            free(s->raw_off);
-            free(s->raw_len);
-            free(s->raw);
-            s->raw_off = NULL;
-            s->raw_len = NULL;
-            s->raw = NULL;
-            s->raw_cap = 0;
-        }
-    }
     if (!s->vals || !s->filter) {
         free(s->vals);
         free(s->filter);
@@ -564,6 +553,8 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
     }
     s->ncols = ncols < N1_MAX_COLS ? ncols : N1_MAX_COLS;
     s->nrows = 0;
+    s->ncells = 0;
+    s->raw_used = 0;
     s->full = s->ncols <= 0 || s->ncols > s->cap_vals;
     for (int c = 0; c < s->ncols; c++) {
         size_t n = names && names[c] ? strlen(names[c]) + 1 : 0;
@@ -579,17 +570,41 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
 /* Keep cell i's bytes (v NULL: a missing column, as NULL). */
 static void raw_add(N1Session *s, size_t i, const ShapeValue *v)
 {
+    N1Cell *cell;
+
+    if (i != s->ncells)
+        return; /* a cell could not be kept: none after it either */
+    if (i == s->cells_cap) {
+        size_t cap = s->cells_cap ? s->cells_cap * 2 : 64;
+        N1Cell *n = realloc(s->cells, cap * sizeof(*n));
+        if (!n)
+            return;
+        s->cells = n;
+        s->cells_cap = cap;
+    }
+    cell = &s->cells[s->ncells++];
+    cell->off = 0;
+    cell->len = -2;
     if (!v || v->len < 0) {
-        s->raw_len[i] = -1;
+        cell->len = -1;
         return;
     }
-    if (v->len > N1_RAW_MAX || s->raw_used + (size_t)v->len > s->raw_cap) {
-        s->raw_len[i] = -2;
+    if (v->len > N1_RAW_MAX || s->raw_used + (size_t)v->len > s->raw_max)
         return;
+    if (s->raw_used + (size_t)v->len > s->raw_cap) {
+        size_t cap = s->raw_cap ? s->raw_cap * 2 : 1024;
+        uint8_t *n;
+        while (cap < s->raw_used + (size_t)v->len)
+            cap *= 2;
+        n = realloc(s->raw, cap);
+        if (!n)
+            return;
+        s->raw = n;
+        s->raw_cap = cap;
     }
     memcpy(s->raw + s->raw_used, v->data, (size_t)v->len);
-    s->raw_off[i] = (uint32_t)s->raw_used;
-    s->raw_len[i] = v->len;
+    cell->off = (uint32_t)s->raw_used;
+    cell->len = v->len;
     s->raw_used += (size_t)v->len;
 }
 
@@ -610,11 +625,24 @@ bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols)
                          : SHAPE_HASH_NULL;
         row[c] = h;
         filter_add(s, h);
-        if (s->raw)
+        if (s->keep)
             raw_add(s, (size_t)(row - s->vals) + (size_t)c, c < ncols ? &vals[c] : NULL);
     }
     s->nrows++;
     return true;
+}
+
+void n1_statement_batched(N1Session *s)
+{
+    N1Run *r;
+    N1Pattern *p;
+
+    if (s->last_run < 0)
+        return;
+    r = &s->runs[s->last_run];
+    r->batched++;
+    if (r->reported && (p = pattern_find(s->t, s->parent_hash, r->child)) != NULL)
+        p->batched++;
 }
 
 void n1_statement_done(N1Session *s, uint64_t duration_us, uint64_t rows)
@@ -719,10 +747,10 @@ int n1_parent_value(const N1Session *s, uint32_t row, int col, const uint8_t **d
 {
     size_t i = (size_t)row * (size_t)s->ncols + (size_t)col;
 
-    if (!s->raw || row >= s->nrows || col >= s->ncols)
+    if (!s->keep || row >= s->nrows || col >= s->ncols || i >= s->ncells)
         return -2;
-    *data = s->raw + s->raw_off[i];
-    return s->raw_len[i];
+    *data = s->raw ? s->raw + s->cells[i].off : (const uint8_t *)"";
+    return s->cells[i].len;
 }
 
 bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *params, int n,
@@ -731,7 +759,7 @@ bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *pa
     const N1Run *r;
     int m = n < N1_MAX_PARAMS ? n : N1_MAX_PARAMS;
 
-    if (!info || !s->have_parent || info->hash == s->parent_hash || !s->raw || n <= 0)
+    if (!info || !s->have_parent || info->hash == s->parent_hash || !s->keep || n <= 0)
         return false;
     r = NULL;
     for (int i = 0; i < N1_MAX_RUNS; i++)
@@ -767,7 +795,7 @@ bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *pa
 
 bool n1_runs_ready(const N1Session *s, int after)
 {
-    if (!s->runs_dirty || !s->raw)
+    if (!s->runs_dirty || !s->keep)
         return false;
     for (int i = 0; i < N1_MAX_RUNS; i++)
         if (s->runs[i].child && s->runs[i].vary >= 0 && (int)s->runs[i].count >= after)

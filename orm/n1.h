@@ -75,6 +75,7 @@ typedef struct N1Pattern {
     uint64_t max_run_len;
     uint64_t child_us; /* time of those executions (time per run: child_us / occurrences) */
     uint64_t child_rows;
+    uint64_t batched; /* child executions the proxy answered from a batch (n1_mode = batch) */
     uint64_t first_seen_us;
     uint64_t last_seen_us;
     /* client of the latest occurrence */
@@ -133,6 +134,9 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names);
 
 /* One DataRow. Returns false when no more rows are wanted (memory full). */
 bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols);
+
+/* The current statement was answered from a batch, not by the server. */
+void n1_statement_batched(N1Session *s);
 
 /* The current statement finished (CommandComplete or an error). */
 void n1_statement_done(N1Session *s, uint64_t duration_us, uint64_t rows);

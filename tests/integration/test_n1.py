@@ -1,4 +1,4 @@
-"""N+1 detection (n1_mode = detect) with the ORMs users run: SQLAlchemy 1.4
+"""N+1 detection (n1_mode = batch, the default, detects as detect does) with the ORMs users run: SQLAlchemy 1.4
 lazy loading through psycopg2 (literals inline) and asyncpg (extended
 protocol, named statements), hand-written psycopg 3 loops (unnamed and
 named statements) and Django 3.2. Each loop must appear in SHOW N1 and GET
@@ -226,7 +226,7 @@ class SqlAlchemyPsycopg2Test(N1Case):
 
         # /n1 is sorted by time spent; both views are in SHOW HELP
         doc = n1_json(self.proxy)
-        self.assertEqual(doc["n1_mode"], "detect")
+        self.assertEqual(doc["n1_mode"], "batch")
         self.assertEqual(len(doc["patterns"]), 2)
         times = [p["child_time_us"] for p in doc["patterns"]]
         self.assertEqual(times, sorted(times, reverse=True))

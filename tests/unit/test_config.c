@@ -432,7 +432,7 @@ static void test_defaults(void **state)
     assert_true(cfg->server_connect_timeout == 15.0);
     assert_int_equal(cfg->max_packet_size, 268435456);
     assert_int_equal(cfg->log_level, LOG_INFO);
-    assert_int_equal(cfg->n1_mode, N1_MODE_DETECT);
+    assert_int_equal(cfg->n1_mode, N1_MODE_BATCH);
     assert_int_equal(cfg->n1_threshold, 5);
     assert_int_equal(cfg->n1_result_memory, 1000);
     assert_int_equal(cfg->n1_max_patterns, 1000);
@@ -954,7 +954,7 @@ static const struct {
     {"logfile", "", true, "/var/log/pgcoalesce/pgcoalesce.log"},
     {"syslog", "off", true, "on"},
     {"syslog_ident", "pgcoalesce", true, "pgc-test"},
-    {"n1_mode", "detect", true, "off"},
+    {"n1_mode", "batch", true, "off"},
     {"n1_threshold", "5", true, "8"},
     {"n1_result_memory", "1000", true, "250"},
     {"n1_max_patterns", "1000", false, "40"},

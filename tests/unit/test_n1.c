@@ -547,10 +547,101 @@ static void test_session_lifecycle(void **state)
     sim_close(&m);
 }
 
+/*
+ * Batching support: with values kept, a third execution of a run is planned
+ * from the key source (parameter, column, row of its key), the parent's
+ * cells can be read back as sent, and a new parent changes the generation.
+ */
+static void test_batch_plan(void **state)
+{
+    Sim m;
+    char sql[512];
+    uint64_t h[8], gen;
+    const ShapeInfo *info;
+    N1BatchPlan plan;
+    const uint8_t *v;
+    int n;
+
+    (void)state;
+    sim_open(&m, 16, 5, 1000);
+    n1_session_keep_values(m.s, true);
+    load_users(&m, 10);
+    assert_int_equal(n1_parent_rows(m.s), 10);
+    assert_int_equal(n1_parent_value(m.s, 3, 0, &v), 1);
+    assert_memory_equal(v, "4", 1);
+    assert_int_equal(n1_parent_value(m.s, 3, 1, &v), 4);
+    assert_memory_equal(v, "9000", 4);
+    gen = n1_parent_gen(m.s);
+    assert_false(n1_runs_ready(m.s, 2));
+    lazy_posts(&m, 1, 1);
+    assert_false(n1_runs_ready(m.s, 2)); /* one execution: the key has not changed yet */
+    lazy_posts(&m, 2, 1);
+    assert_true(n1_runs_ready(m.s, 2));
+    assert_false(n1_runs_ready(m.s, 3));
+
+    /* the next child, user 3: its key is in column 0, row 2 */
+    snprintf(sql, sizeof(sql), POSTS_BY_USER, 3L);
+    assert_true(shape_normalize(sql, strlen(sql), m.sb));
+    info = shapes_get(m.shapes, m.sb);
+    n = shape_param_hashes(m.sb, sql, NULL, 0, h, 8);
+    assert_true(n1_batch_plan(m.s, info, h, n, 2, &plan));
+    assert_int_equal(plan.param, 0);
+    assert_int_equal(plan.col, 0);
+    assert_int_equal(plan.row, 2);
+    assert_int_equal(plan.gen, gen);
+    assert_int_equal(n1_parent_hash_at(m.s, 2, 0), h[0]);
+    /* not yet at 3 executions; and the planning changed nothing */
+    assert_false(n1_batch_plan(m.s, info, h, n, 3, &plan));
+    assert_int_equal(n1_parent_gen(m.s), gen);
+
+    /* a key found nowhere further down, or the same key again: no plan */
+    snprintf(sql, sizeof(sql), POSTS_BY_USER, 1L);
+    assert_true(shape_normalize(sql, strlen(sql), m.sb));
+    n = shape_param_hashes(m.sb, sql, NULL, 0, h, 8);
+    assert_false(n1_batch_plan(m.s, info, h, n, 2, &plan));
+    snprintf(sql, sizeof(sql), POSTS_BY_USER, 2L);
+    assert_true(shape_normalize(sql, strlen(sql), m.sb));
+    n = shape_param_hashes(m.sb, sql, NULL, 0, h, 8);
+    assert_false(n1_batch_plan(m.s, info, h, n, 2, &plan));
+
+    /* a new parent: another generation, no run */
+    load_users(&m, 3);
+    assert_true(n1_parent_gen(m.s) != gen);
+    assert_false(n1_runs_ready(m.s, 2));
+    sim_close(&m);
+}
+
+/* Without keep_values nothing is kept, and nothing is planned. */
+static void test_batch_plan_needs_values(void **state)
+{
+    Sim m;
+    char sql[512];
+    uint64_t h[8];
+    const ShapeInfo *info;
+    N1BatchPlan plan;
+    const uint8_t *v;
+    int n;
+
+    (void)state;
+    sim_open(&m, 16, 5, 1000);
+    load_users(&m, 10);
+    assert_int_equal(n1_parent_value(m.s, 0, 0, &v), -2);
+    lazy_posts(&m, 1, 2);
+    assert_false(n1_runs_ready(m.s, 2));
+    snprintf(sql, sizeof(sql), POSTS_BY_USER, 3L);
+    assert_true(shape_normalize(sql, strlen(sql), m.sb));
+    info = shapes_get(m.shapes, m.sb);
+    n = shape_param_hashes(m.sb, sql, NULL, 0, h, 8);
+    assert_false(n1_batch_plan(m.s, info, h, n, 2, &plan));
+    sim_close(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlalchemy_one_to_many),
+        cmocka_unit_test(test_batch_plan),
+        cmocka_unit_test(test_batch_plan_needs_values),
         cmocka_unit_test(test_sqlalchemy_many_to_one_skips),
         cmocka_unit_test(test_django_interleaved),
         cmocka_unit_test(test_binary_binds),
