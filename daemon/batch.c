@@ -43,8 +43,8 @@
 #define BATCH_MAX_FAILURES 3           /* failed batches before a shape is given up on */
 #define BATCH_SHAPES       4096        /* shapes remembered per worker */
 #define BATCH_MIN_HINT     16          /* smallest batch sized from a loop's consumption */
-#define BATCH_STMT         "pgc_batch" /* the proxy's statement on the server */
-#define BATCH_SAVEPOINT    "pgc_batch"
+#define BATCH_STMT         "__pgcoalesce_batch__" /* the proxy's statement on the server */
+#define BATCH_SAVEPOINT    "__pgcoalesce_batch__"
 
 /* ---- what the worker remembers per (shape, key parameter) ---------------------------------- */
 
@@ -415,7 +415,7 @@ static void answer(Client *c, Exec *x, OrmPrefetch *pf, PfKey *k)
 struct OrmBatch {
     OrmPrefetch *pf;     /* being filled */
     uint64_t shape_hash; /* its shape and key parameter, for shape_slot */
-    bool savepoint;      /* the client is in a transaction: all of it inside SAVEPOINT pgc_batch */
+    bool savepoint;      /* the client is in a transaction: all of it inside a savepoint */
     bool failed;         /* an ErrorResponse came */
     bool too_big;        /* the answer outgrew BATCH_MAX_BYTES */
     bool ord_binary;
@@ -588,9 +588,13 @@ static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
         if (nres < 0 || end - q < 2 * nres)
             return false;
         res = q;
-        if (nvals < 0 || (nfmt > 1 && nfmt != nvals) || b->lit.bind < 1 || b->lit.bind > nvals)
+        if (nvals < 0 || (nfmt > 1 && nfmt != nvals))
             return false;
-        keyidx = b->lit.bind - 1;
+        if (b->lit.kind == SHAPE_LIT_BIND) {
+            if (b->lit.bind < 1 || b->lit.bind > nvals)
+                return false;
+            keyidx = b->lit.bind - 1;
+        }
         ntypes = b->types_len >= 2 ? be16(b->types) : 0;
         if (ntypes < 0 || ntypes > nvals || b->types_len < 2 + 4 * (size_t)ntypes)
             return false;
