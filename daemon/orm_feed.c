@@ -802,7 +802,7 @@ static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t le
 /* DataRow: its values go to the detector while it wants them. */
 static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
 {
-    ShapeValue vals[N1_MAX_COLS];
+    ShapeValue vals[N1_MAX_COLS], sent[N1_MAX_COLS];
     char dec[N1_MAX_COLS][24];
     const ClientOrm *o = c->orm;
     MsgReader r;
@@ -832,6 +832,7 @@ static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
             vals[k] = int_text(v, vlen, dec[k]);
         else
             vals[k] = (ShapeValue){v, vlen};
+        sent[k] = vlen < 0 ? vals[k] : (ShapeValue){v, vlen};
         k++;
     }
     if (r.bad || n < 0) {
@@ -842,7 +843,7 @@ static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
         n1_result_columns(c->orm->sess, k, NULL);
         it->n1 |= ORM_RQ_COLS;
     }
-    if (!n1_result_column_values(c->orm->sess, vals, k))
+    if (!n1_result_row(c->orm->sess, vals, sent, k))
         it->n1 &= (uint8_t)~ORM_RQ_WANT;
 }
 

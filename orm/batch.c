@@ -161,11 +161,17 @@ bool batch_array_add(char *buf, size_t cap, size_t *used, uint32_t type_oid, con
     if (!binary || is_text_type(type_oid))
         return put_element(buf, cap, used, v, (size_t)len);
     if (is_int_type(type_oid)) {
-        /* the daemon passes binary integers on as decimal text */
+        /* a big-endian int2, int4 or int8 */
+        uint64_t u = 0;
+        int64_t x;
+        int n;
+        if (len != 2 && len != 4 && len != 8)
+            return false;
         for (int i = 0; i < len; i++)
-            if (!((v[i] >= '0' && v[i] <= '9') || (i == 0 && v[i] == '-')))
-                return false;
-        return len > 0 && put_element(buf, cap, used, v, (size_t)len);
+            u = u << 8 | v[i];
+        x = len == 2 ? (int16_t)u : len == 4 ? (int32_t)u : (int64_t)u;
+        n = snprintf(text, sizeof(text), "%lld", (long long)x);
+        return put_element(buf, cap, used, (const uint8_t *)text, (size_t)n);
     }
     if (type_oid == OID_UUID && len == 16) {
         static const char hex[] = "0123456789abcdef";

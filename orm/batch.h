@@ -51,7 +51,8 @@ bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_
  * Append one key to an array literal under construction in buf (cap bytes,
  * *used so far; start with *used = 0 and finish with batch_array_end).
  * v/len is the key as the parent's result gave it; binary says it came in
- * binary format (integers already turned to decimal text by the daemon).
+ * binary format (then written as the key type's text: integers of 2, 4 or
+ * 8 bytes, uuid, bool and text types; anything else is refused).
  * Returns false when the value cannot be written as this key type's text
  * or buf is full.
  */

@@ -610,6 +610,11 @@ static void raw_add(N1Session *s, size_t i, const ShapeValue *v)
 
 bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols)
 {
+    return n1_result_row(s, vals, NULL, ncols);
+}
+
+bool n1_result_row(N1Session *s, const ShapeValue *vals, const ShapeValue *sent, int ncols)
+{
     uint64_t *row;
 
     if (!s->want_result || s->full || !s->vals)
@@ -626,7 +631,8 @@ bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols)
         row[c] = h;
         filter_add(s, h);
         if (s->keep)
-            raw_add(s, (size_t)(row - s->vals) + (size_t)c, c < ncols ? &vals[c] : NULL);
+            raw_add(s, (size_t)(row - s->vals) + (size_t)c,
+                    c < ncols ? (sent ? &sent[c] : &vals[c]) : NULL);
     }
     s->nrows++;
     return true;

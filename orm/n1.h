@@ -134,6 +134,10 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names);
 
 /* One DataRow. Returns false when no more rows are wanted (memory full). */
 bool n1_result_column_values(N1Session *s, const ShapeValue *vals, int ncols);
+/* The same, with the values as the server sent them (kept for batching)
+ * when vals holds them converted for comparing (binary integers as decimal
+ * text); sent NULL: vals are as sent. */
+bool n1_result_row(N1Session *s, const ShapeValue *vals, const ShapeValue *sent, int ncols);
 
 /* The current statement was answered from a batch, not by the server. */
 void n1_statement_batched(N1Session *s);

@@ -139,7 +139,7 @@ static void test_array_empty_and_full(void **state)
         batch_array_add(buf, sizeof(buf), &used, 25, (const uint8_t *)"too long", 8, false));
 }
 
-/* Binary parent values: integers arrive as decimal text, uuid as 16 bytes. */
+/* Binary parent values: integers of 2, 4 or 8 bytes, uuid as 16 bytes. */
 static void test_array_binary(void **state)
 {
     static const uint8_t uuid[16] = {0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0,
@@ -148,16 +148,20 @@ static void test_array_binary(void **state)
     size_t used = 0;
 
     (void)state;
-    assert_true(batch_array_add(buf, sizeof(buf), &used, 20, (const uint8_t *)"-17", 3, true));
+    assert_true(batch_array_add(buf, sizeof(buf), &used, 20, (const uint8_t *)"\xff\xef", 2, true));
     assert_true(batch_array_add(buf, sizeof(buf), &used, 2950, uuid, 16, true));
     assert_true(batch_array_add(buf, sizeof(buf), &used, 25, (const uint8_t *)"txt", 3, true));
     assert_true(batch_array_end(buf, sizeof(buf), &used));
     buf[used] = '\0';
     assert_string_equal(buf, "{\"-17\",\"12345678-9abc-def0-0123-456789abcdef\",\"txt\"}");
     used = 0;
-    /* raw binary bytes for an integer key, or binary of a type not known here */
-    assert_false(
-        batch_array_add(buf, sizeof(buf), &used, 23, (const uint8_t *)"\0\0\0\5", 4, true));
+    /* a 4-byte int8 key (an int4 parent column) */
+    assert_true(batch_array_add(buf, sizeof(buf), &used, 20, (const uint8_t *)"\0\1\0\5", 4, true));
+    buf[used] = '\0';
+    assert_string_equal(buf, "{\"65541\"");
+    used = 0;
+    /* 3 bytes is no integer; binary of a type not known here */
+    assert_false(batch_array_add(buf, sizeof(buf), &used, 23, (const uint8_t *)"\0\0\5", 3, true));
     assert_false(batch_array_add(buf, sizeof(buf), &used, 1700, (const uint8_t *)"\0\1", 2, true));
 }
 
