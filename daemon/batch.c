@@ -428,6 +428,7 @@ struct OrmBatch {
     size_t sql_len;
     ShapeLit lit; /* the key in sql */
     bool simple;
+    bool fence;     /* the child has no LIMIT/OFFSET: OFFSET 0 keeps it a per-key subquery */
     uint8_t *types; /* declared parameter types of the child: int16 n, int32[n] */
     size_t types_len;
     uint8_t *bind; /* the client's Bind body after its names */
@@ -493,7 +494,7 @@ static char *key_array(Client *c, const OrmBatch *b, size_t *len)
     for (uint32_t i = 0; i < b->pf->nkeys; i++) {
         const uint8_t *v = NULL;
         int n = n1_parent_value(sess, b->rows[i], b->col, &v);
-        if (!batch_array_add(buf, cap, &used, b->type_oid, v, n, binary)) {
+        if (n < -1 || !batch_array_add(buf, cap, &used, b->type_oid, v, n, binary)) {
             free(buf);
             return NULL;
         }
@@ -605,7 +606,7 @@ static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
         c->w->orm->batch.fb_keys++;
         return false;
     }
-    if (!batch_sql(b->sql, b->sql_len, &b->lit, array_param, tname, &sql)) {
+    if (!batch_sql(b->sql, b->sql_len, &b->lit, array_param, tname, b->fence, &sql)) {
         free(arr);
         return false;
     }
@@ -704,6 +705,15 @@ static bool hs_init(HashSet *h, uint32_t n)
     return h->v != NULL;
 }
 
+static bool hs_has(const HashSet *h, uint64_t x)
+{
+    x |= 1;
+    for (uint32_t i = (uint32_t)(x >> 32) & h->mask; h->v[i]; i = (i + 1) & h->mask)
+        if (h->v[i] == x)
+            return true;
+    return false;
+}
+
 /* Add x; false when it was there. */
 static bool hs_add(HashSet *h, uint64_t x)
 {
@@ -719,8 +729,17 @@ static bool hs_add(HashSet *h, uint64_t x)
 
 /*
  * The keys to fetch: this statement's first, then the key column's values
- * further down, distinct, neither NULL nor seen above this row (the ORM
- * holds those already), up to the session's batch size.
+ * further down, distinct, up to the session's batch size. NULL is a key like
+ * any other (the child answers it, with no rows or an aggregate's one row).
+ *
+ * Values already seen above this row are left out when the ORM holds what
+ * it loaded (SQLAlchemy's identity map: a key is asked for once), and kept
+ * when it asks again for every row (Django's forward foreign keys). Which
+ * one it is shows in the rows above: an identity map passed rows whose key
+ * it had, so it asked fewer times than there are rows with a value. Until
+ * the rows above show that, nothing is left out; a later batch knows
+ * better. NULL likewise: left out once the ORM passed NULL rows without
+ * asking (ORMs do not load a NULL foreign key).
  */
 static uint32_t pick_keys(Client *c, const N1BatchPlan *plan, uint32_t **out)
 {
@@ -728,7 +747,11 @@ static uint32_t pick_keys(Client *c, const N1BatchPlan *plan, uint32_t **out)
     uint32_t nrows = n1_parent_rows(sess), n = 0, limit = (uint32_t)c->w->cfg->n1_batch_max;
     HashSet seen;
     uint32_t *rows;
+    const uint8_t *cur;
+    bool null_in;
 
+    if (n1_parent_value(sess, plan->row, plan->col, &cur) < -1)
+        return 0; /* this statement's own key was not kept */
     if (c->orm->batch_hint && c->orm->batch_hint < limit)
         limit = c->orm->batch_hint;
     if (!hs_init(&seen, nrows + 1))
@@ -738,16 +761,46 @@ static uint32_t pick_keys(Client *c, const N1BatchPlan *plan, uint32_t **out)
         free(seen.v);
         return 0;
     }
-    for (uint32_t r = 0; r < plan->row; r++)
-        hs_add(&seen, n1_parent_hash_at(sess, r, plan->col));
-    hs_add(&seen, n1_parent_hash_at(sess, plan->row, plan->col));
+    {
+        /* What the ORM did with the rows above: rows with a value, distinct
+         * values, NULL rows, against the times it asked. */
+        uint32_t valued = 0, distinct = 0, nulls = 0;
+        uint64_t cur_h = n1_parent_hash_at(sess, plan->row, plan->col);
+        bool held, skip_null;
+        for (uint32_t r = 0; r < plan->row; r++) {
+            uint64_t h = n1_parent_hash_at(sess, r, plan->col);
+            if (h == SHAPE_HASH_NULL) {
+                nulls++;
+                continue;
+            }
+            valued++;
+            distinct += hs_add(&seen, h);
+        }
+        /* it passed rows whose key it had: an identity map */
+        held = distinct < valued && plan->count < valued;
+        /* it passed NULL rows without asking */
+        skip_null = nulls > 0 && plan->count <= (held ? distinct : valued);
+        if (!held || (cur_h != SHAPE_HASH_NULL && hs_has(&seen, cur_h))) {
+            /* it may ask again for what it had: nothing above is left out */
+            free(seen.v);
+            if (!hs_init(&seen, nrows + 1)) {
+                free(rows);
+                return 0;
+            }
+        }
+        if (cur_h != SHAPE_HASH_NULL)
+            hs_add(&seen, cur_h);
+        null_in = cur_h == SHAPE_HASH_NULL || skip_null;
+    }
     rows[n++] = plan->row;
     for (uint32_t r = plan->row + 1; r < nrows && n < limit; r++) {
         const uint8_t *v;
         uint64_t h = n1_parent_hash_at(sess, r, plan->col);
-        if (h == SHAPE_HASH_NULL || n1_parent_value(sess, r, plan->col, &v) < 0 ||
-            !hs_add(&seen, h))
+        if (n1_parent_value(sess, r, plan->col, &v) < -1)
+            continue; /* too long to have been kept */
+        if (h == SHAPE_HASH_NULL ? null_in : !hs_add(&seen, h))
             continue;
+        null_in = null_in || h == SHAPE_HASH_NULL;
         rows[n++] = r;
     }
     free(seen.v);
@@ -773,6 +826,7 @@ static OrmBatch *batch_new(Client *c, const Exec *x, const N1BatchPlan *plan, Ba
     b->col = plan->col;
     b->lit = *lit;
     b->simple = x->simple;
+    b->fence = !(x->stmt.info->flags & (SHAPE_F_LIMIT | SHAPE_F_OFFSET));
     b->sql = dup_bytes(x->text, x->text_len);
     b->sql_len = x->text_len;
     b->types = dup_bytes(x->types, x->types_len);

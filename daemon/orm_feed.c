@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "daemon/log.h"
+#include "orm/batch.h"
 #include "proto/msg.h"
 
 /* ---- worker ------------------------------------------------------------------------------ */
@@ -83,6 +84,7 @@ uint64_t orm_wall_us(const Worker *w, double mono)
 #define OID_INT8 20
 #define OID_INT2 21
 #define OID_INT4 23
+#define OID_UUID 2950
 
 static bool oid_is_int(uint32_t oid)
 {
@@ -107,6 +109,13 @@ static ShapeValue int_text(const uint8_t *p, int32_t len, char *buf)
         v = (int64_t)u;
     n = snprintf(buf, 24, "%" PRId64, v);
     return (ShapeValue){buf, n};
+}
+
+/* A binary uuid declared as one (psycopg 3 sends them so, and reads text):
+ * compared as its text. buf holds at least 37 bytes. */
+static ShapeValue uuid_text(const uint8_t *p, char *buf)
+{
+    return (ShapeValue){buf, (int32_t)batch_uuid_text(p, buf)};
 }
 
 static bool int_sized(int32_t len)
@@ -477,6 +486,8 @@ static void client_bind_values(Client *c, const uint8_t *tail, size_t size, size
                  (param_type(tail, size, textlen, i) == 0 ||
                   oid_is_int(param_type(tail, size, textlen, i))))
             ow->binds[nb++] = int_text(v, vlen, ow->decimals[i]);
+        else if (binary && vlen == 16 && param_type(tail, size, textlen, i) == OID_UUID)
+            ow->binds[nb++] = uuid_text(v, ow->decimals[i]);
         else
             ow->binds[nb++] = (ShapeValue){v, vlen};
     }
@@ -668,6 +679,7 @@ static void stmt_start(Client *c, RqItem *it)
     o->cur_open = true;
     o->cols_typed = false;
     o->col_int = 0;
+    o->col_uuid = 0;
     o->cur_start = o->cur.sent > o->last_done ? o->cur.sent : o->last_done;
     it->n1 |= ORM_RQ_STARTED;
     ev = n1_statement(o->sess, o->cur.info, o->cur.params, o->cur.nparams,
@@ -787,12 +799,15 @@ static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t le
         if (name && k < N1_MAX_COLS) {
             if (format == 1 && oid_is_int(type))
                 c->orm->col_int |= 1ULL << k;
+            if (format == 1 && type == OID_UUID)
+                c->orm->col_uuid |= 1ULL << k;
             names[k++] = name;
         }
     }
     if (r.bad || n < 0) {
         it->n1 &= (uint8_t)~ORM_RQ_COLS;
         c->orm->col_int = 0;
+        c->orm->col_uuid = 0;
         return;
     }
     c->orm->cols_typed = true;
@@ -803,7 +818,7 @@ static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t le
 static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
 {
     ShapeValue vals[N1_MAX_COLS], sent[N1_MAX_COLS];
-    char dec[N1_MAX_COLS][24];
+    char dec[N1_MAX_COLS][40];
     const ClientOrm *o = c->orm;
     MsgReader r;
     int n, k = 0;
@@ -830,6 +845,8 @@ static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
             vals[k] = (ShapeValue){NULL, -1};
         else if (as_int)
             vals[k] = int_text(v, vlen, dec[k]);
+        else if (o->cols_typed && (o->col_uuid >> k & 1) && vlen == 16)
+            vals[k] = uuid_text(v, dec[k]);
         else
             vals[k] = (ShapeValue){v, vlen};
         sent[k] = vlen < 0 ? vals[k] : (ShapeValue){v, vlen};

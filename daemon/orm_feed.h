@@ -55,7 +55,10 @@
  * results as text, asyncpg uses binary int4 both ways, psycopg2 and Django
  * inline "5". So a binary value of an integer type (int2, int4, int8), or of
  * unknown type and 2, 4 or 8 bytes long, is hashed as its decimal text, on
- * both sides: Bind values and result cells.
+ * both sides: Bind values and result cells. Likewise a binary uuid whose
+ * type is known (a Bind parameter declared uuid, as psycopg 3 sends them; a
+ * result column described as uuid) is hashed as its text; asyncpg's uuids,
+ * untyped on both sides, match as raw bytes.
  */
 #define ORM_RES_TEXT   0 /* every result column in text */
 #define ORM_RES_BINARY 1 /* every result column in binary */
@@ -129,7 +132,7 @@ typedef struct OrmWorker {
     QStats *queries;
     uint8_t *msg;            /* ORM_MAX_MSG: one message copied whole, used and forgotten */
     ShapeValue *binds;       /* ORM_MAX_BINDS */
-    char (*decimals)[24];    /* ORM_MAX_BINDS: binary integer Bind values as text */
+    char (*decimals)[40];    /* ORM_MAX_BINDS: binary integer and uuid Bind values as text */
     uint64_t *hashes;        /* SHAPE_MAX_PARAMS */
     double wall_offset;      /* wall clock minus now_sec(), for first/last seen */
     uint64_t statements;     /* finished statements fed to the detector */
@@ -151,8 +154,9 @@ typedef struct ClientOrm {
     bool cur_open;
     double cur_start; /* when it started: sent, or the previous one's end if later */
     double last_done;
-    bool cols_typed;  /* the running statement's RowDescription was read: */
-    uint64_t col_int; /* ... bit c: column c is a binary integer */
+    bool cols_typed;   /* the running statement's RowDescription was read: */
+    uint64_t col_int;  /* ... bit c: column c is a binary integer */
+    uint64_t col_uuid; /* ... bit c: column c is a binary uuid */
     /* extended protocol */
     char *unnamed; /* the last unnamed Parse after its name: text, NUL, parameter types */
     uint32_t unnamed_len, unnamed_size, unnamed_cap; /* text length, whole size, allocated */

@@ -77,12 +77,13 @@ static bool bind_used_elsewhere(const char *sql, size_t len, const ShapeLit *lit
 }
 
 bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_param,
-               const char *type_name, char **out)
+               const char *type_name, bool fence, char **out)
 {
     static const char head[] = "SELECT pgc_k.pgc_ord, pgc_s.* FROM unnest($%u::%s[]) WITH "
                                "ORDINALITY AS pgc_k(pgc_val, pgc_ord) CROSS JOIN LATERAL (";
     static const char key[] = " pgc_k.pgc_val ";
     static const char tail[] = "\n) AS pgc_s ORDER BY pgc_k.pgc_ord";
+    static const char offset0[] = "\nOFFSET 0";
     size_t end = len, cap, n;
     char *buf;
     int h;
@@ -97,7 +98,8 @@ bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_
            (sql[end - 1] == ';' || sql[end - 1] == ' ' || sql[end - 1] == '\t' ||
             sql[end - 1] == '\n' || sql[end - 1] == '\r'))
         end--;
-    cap = sizeof(head) + strlen(type_name) + 16 + end + sizeof(key) + sizeof(tail);
+    cap =
+        sizeof(head) + strlen(type_name) + 16 + end + sizeof(key) + sizeof(offset0) + sizeof(tail);
     buf = malloc(cap);
     if (!buf)
         return false;
@@ -113,6 +115,10 @@ bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_
     n += sizeof(key) - 1;
     memcpy(buf + n, sql + lit->off + lit->len, end - lit->off - lit->len);
     n += end - lit->off - lit->len;
+    if (fence) {
+        memcpy(buf + n, offset0, sizeof(offset0) - 1);
+        n += sizeof(offset0) - 1;
+    }
     memcpy(buf + n, tail, sizeof(tail));
     *out = buf;
     return true;
@@ -141,6 +147,21 @@ static bool put_element(char *buf, size_t cap, size_t *used, const uint8_t *v, s
     return put(buf, cap, used, "\"", 1);
 }
 
+size_t batch_uuid_text(const uint8_t *v, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[n++] = '-';
+        out[n++] = hex[v[i] >> 4];
+        out[n++] = hex[v[i] & 15];
+    }
+    out[n] = '\0';
+    return n;
+}
+
 static bool is_int_type(uint32_t oid)
 {
     return oid == OID_INT2 || oid == OID_INT4 || oid == OID_INT8 || oid == OID_OID;
@@ -156,6 +177,8 @@ bool batch_array_add(char *buf, size_t cap, size_t *used, uint32_t type_oid, con
 {
     char text[40];
 
+    if (len == -1)
+        return put(buf, cap, used, *used == 0 ? "{NULL" : ",NULL", 5);
     if (len < 0)
         return false;
     if (!binary || is_text_type(type_oid))
@@ -173,17 +196,8 @@ bool batch_array_add(char *buf, size_t cap, size_t *used, uint32_t type_oid, con
         n = snprintf(text, sizeof(text), "%lld", (long long)x);
         return put_element(buf, cap, used, (const uint8_t *)text, (size_t)n);
     }
-    if (type_oid == OID_UUID && len == 16) {
-        static const char hex[] = "0123456789abcdef";
-        size_t n = 0;
-        for (int i = 0; i < 16; i++) {
-            if (i == 4 || i == 6 || i == 8 || i == 10)
-                text[n++] = '-';
-            text[n++] = hex[v[i] >> 4];
-            text[n++] = hex[v[i] & 15];
-        }
-        return put_element(buf, cap, used, (const uint8_t *)text, n);
-    }
+    if (type_oid == OID_UUID && len == 16)
+        return put_element(buf, cap, used, (const uint8_t *)text, batch_uuid_text(v, text));
     if (type_oid == OID_BOOL && len == 1)
         return put_element(buf, cap, used, (const uint8_t *)(v[0] ? "t" : "f"), 1);
     return false;

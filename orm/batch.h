@@ -15,7 +15,9 @@
  * other literal keeps the type PostgreSQL gives it in the single statement,
  * and an extended-protocol child keeps its other $n, bound with the
  * client's values; $N is one past the highest $n of the child. The LATERAL
- * keeps the child's ORDER BY, LIMIT, DISTINCT and aggregates per key; the
+ * (fenced by OFFSET 0 when the child has no LIMIT/OFFSET, so that it stays a
+ * subquery run once per key) keeps the child's ORDER BY, LIMIT, DISTINCT and
+ * aggregates per key, and its rows in the order the child alone gives; the
  * ordinality column is ordered by construction, so PostgreSQL runs a nested
  * loop over the keys in their order with no sort, each key's rows in the
  * child's own order. The prefixed names keep the child's own aliases (a
@@ -41,14 +43,20 @@ const char *batch_type_name(uint32_t oid);
  * The batched statement for child text sql[0..len), whose key is the value
  * of lit (from shape_normalize of the same text: an inline literal or a
  * $n), as a NUL-terminated malloc'd string in *out. array_param is N of
- * $N, the key array. Returns false when out of memory or when the text
+ * $N, the key array. fence appends OFFSET 0 to the child (give it when the
+ * child has no LIMIT or OFFSET of its own): PostgreSQL would otherwise pull
+ * a simple child up into a join with the keys, hash it and sort by the
+ * ordinality, which keeps no order within a key. Returns false when out of memory or when the text
  * cannot be wrapped (a $n key written more than once).
  */
 bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_param,
-               const char *type_name, char **out);
+               const char *type_name, bool fence, char **out);
+
+/* The text form of a binary uuid (16 bytes) into out (37 bytes); returns 36. */
+size_t batch_uuid_text(const uint8_t *v, char *out);
 
 /*
- * Append one key to an array literal under construction in buf (cap bytes,
+ * Append one key (len -1: NULL) to an array literal under construction in buf (cap bytes,
  * *used so far; start with *used = 0 and finish with batch_array_end).
  * v/len is the key as the parent's result gave it; binary says it came in
  * binary format (then written as the key type's text: integers of 2, 4 or

@@ -795,6 +795,7 @@ bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *pa
     if (out->row == UINT32_MAX)
         return false;
     out->param = r->vary;
+    out->count = r->count;
     out->gen = s->parent_gen;
     return true;
 }

@@ -177,10 +177,11 @@ bool n1_runs_ready(const N1Session *s, int after);
 
 /* How a statement about to run continues a run. */
 typedef struct N1BatchPlan {
-    int param;    /* 0-based placeholder whose value is the key */
-    int col;      /* parent column the keys come from */
-    uint32_t row; /* row of this statement's key in that column */
-    uint64_t gen; /* n1_parent_gen() it is about */
+    int param;      /* 0-based placeholder whose value is the key */
+    int col;        /* parent column the keys come from */
+    uint32_t row;   /* row of this statement's key in that column */
+    uint32_t count; /* executions of the run so far */
+    uint64_t gen;   /* n1_parent_gen() it is about */
 } N1BatchPlan;
 
 /*

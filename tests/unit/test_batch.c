@@ -52,7 +52,7 @@ static void test_sql_literal_key(void **state)
     char *out;
 
     (void)state;
-    assert_true(batch_sql(sql, strlen(sql), &lit, 1, "pg_catalog.int4", &out));
+    assert_true(batch_sql(sql, strlen(sql), &lit, 1, "pg_catalog.int4", false, &out));
     assert_string_equal(out, "SELECT pgc_k.pgc_ord, pgc_s.* FROM unnest($1::pg_catalog.int4[]) "
                              "WITH ORDINALITY AS pgc_k(pgc_val, pgc_ord) CROSS JOIN LATERAL ("
                              "SELECT posts.id, posts.title FROM posts WHERE posts.user_id =  "
@@ -71,13 +71,14 @@ static void test_sql_bind_key(void **state)
     (void)state;
     assert_int_equal(lit.kind, SHAPE_LIT_BIND);
     assert_int_equal(lit.bind, 2);
-    assert_true(batch_sql(sql, strlen(sql), &lit, 3, "pg_catalog.text", &out));
+    assert_true(batch_sql(sql, strlen(sql), &lit, 3, "pg_catalog.text", false, &out));
     assert_non_null(strstr(out, "unnest($3::pg_catalog.text[])"));
     assert_non_null(strstr(out, "WHERE a = $1 AND  pgc_k.pgc_val  = t.k\n)"));
     free(out);
 }
 
-/* A trailing ";" would end the subquery; a trailing "--" comment would eat its ")". */
+/* A trailing ";" would end the subquery; a trailing "--" comment would eat what follows.
+ * Without LIMIT/OFFSET the child gets OFFSET 0, on a line of its own. */
 static void test_sql_trailing(void **state)
 {
     const char *semi = "SELECT * FROM t WHERE k = 7 ;  \n";
@@ -86,12 +87,12 @@ static void test_sql_trailing(void **state)
     char *out;
 
     (void)state;
-    assert_true(batch_sql(semi, strlen(semi), &lit, 1, "pg_catalog.int4", &out));
-    assert_non_null(strstr(out, "WHERE k =  pgc_k.pgc_val \n) AS pgc_s"));
+    assert_true(batch_sql(semi, strlen(semi), &lit, 1, "pg_catalog.int4", true, &out));
+    assert_non_null(strstr(out, "WHERE k =  pgc_k.pgc_val \nOFFSET 0\n) AS pgc_s"));
     free(out);
     lit = lit_of(comment, 1);
-    assert_true(batch_sql(comment, strlen(comment), &lit, 1, "pg_catalog.int4", &out));
-    assert_non_null(strstr(out, "-- lazy load\n) AS pgc_s ORDER BY pgc_k.pgc_ord"));
+    assert_true(batch_sql(comment, strlen(comment), &lit, 1, "pg_catalog.int4", true, &out));
+    assert_non_null(strstr(out, "-- lazy load\nOFFSET 0\n) AS pgc_s ORDER BY pgc_k.pgc_ord"));
     free(out);
 }
 
@@ -103,7 +104,7 @@ static void test_sql_bind_twice(void **state)
     char *out = (char *)"untouched";
 
     (void)state;
-    assert_false(batch_sql(sql, strlen(sql), &lit, 2, "pg_catalog.int4", &out));
+    assert_false(batch_sql(sql, strlen(sql), &lit, 2, "pg_catalog.int4", true, &out));
     assert_null(out);
 }
 
@@ -121,8 +122,13 @@ static void test_array_text(void **state)
     assert_true(batch_array_end(buf, sizeof(buf), &used));
     buf[used] = '\0';
     assert_string_equal(buf, "{\"plain\",\"q\\\"b\\\\s,{}\",\"\",\"NULL\"}");
-    /* a NULL is never a key */
-    assert_false(batch_array_add(buf, sizeof(buf), &used, 25, NULL, -1, false));
+    /* NULL is a key too: unquoted */
+    used = 0;
+    assert_true(batch_array_add(buf, sizeof(buf), &used, 25, NULL, -1, false));
+    assert_true(batch_array_add(buf, sizeof(buf), &used, 25, (const uint8_t *)"x", 1, false));
+    assert_true(batch_array_end(buf, sizeof(buf), &used));
+    buf[used] = '\0';
+    assert_string_equal(buf, "{NULL,\"x\"}");
 }
 
 static void test_array_empty_and_full(void **state)
