@@ -8,7 +8,9 @@ order alternating every repetition so that drift on a noisy machine hits
 both alike. Prints per-run tps and proxy CPU, then the median detect/off tps
 ratio (the issue's target: at most 3% loss, i.e. a ratio >= 0.97) and proxy
 CPU per 10k transactions of each. Finally it runs bench/shape_bench (ns per
-statement for the shape path alone) when that binary is found.
+statement for the shape path alone) when that binary is found. --modes picks
+the two modes: batch,off is the cost of the default against no ORM layer;
+batch,detect what batching's per-statement hook adds where nothing batches.
 
 Reuses bench/pgbench_compare.py for PostgreSQL, pgbench and the process
 handling. Standard library only; run with /usr/bin/python3:
@@ -28,7 +30,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgbench_compare as pc  # noqa: E402
 
-MODES = ("detect", "off")
 
 
 def parse_args(argv):
@@ -41,6 +42,9 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=5, help="runs per mode (default 5)")
     p.add_argument("-M", "--mode", default="simple", choices=["simple", "extended", "prepared"],
                    help="pgbench -M (default simple: one Query per statement)")
+    p.add_argument("--modes", default="detect,off",
+                   help="two n1_mode values, measured and baseline (default detect,off; "
+                        "batch,detect shows what batching's hook costs a workload it never batches)")
     p.add_argument("--pool-size", type=int, default=8, help="pool_size of both proxies")
     p.add_argument("-R", "--rate", type=int, default=0,
                    help="pgbench -R: a fixed rate (tps) for both, so that proxy CPU per "
@@ -52,6 +56,10 @@ def parse_args(argv):
                    help="iterations per shape_bench round (0: skip shape_bench)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     a = p.parse_args(argv)
+    a.modes = tuple(m.strip() for m in a.modes.split(","))
+    if len(a.modes) != 2 or a.modes[0] == a.modes[1] or \
+            any(m not in ("off", "detect", "batch") for m in a.modes):
+        p.error("--modes takes two different n1_mode values, e.g. batch,off")
     a.pgcoalesce = os.path.join(a.build, "pgcoalesce")
     if not os.access(a.pgcoalesce, os.X_OK):
         p.error(f"no pgcoalesce in {a.build} (build it or pass --build DIR)")
@@ -111,17 +119,18 @@ def main(argv):
     bench_args = argparse.Namespace(**vars(a))
     bench_args.clients = a.clients_list
     b = N1Bench(bench_args)
-    runs = {m: [] for m in MODES}
+    modes = a.modes
+    runs = {m: [] for m in modes}
     try:
         b.make_tmp()
         b.start_postgres()
-        for m in MODES:
+        for m in modes:
             b.start_proxy(m)
-        for m in MODES:
+        for m in modes:
             pc.log(f"warm-up {m}: -S, {a.clients} clients, {a.warmup}s")
             b.run_pgbench(m, "select", a.clients, a.warmup)
         for rep in range(a.reps):
-            order = MODES if rep % 2 == 0 else MODES[::-1]
+            order = modes if rep % 2 == 0 else modes[::-1]
             for m in order:
                 r = b.run_pgbench(m, "select", a.clients, a.seconds)
                 runs[m].append(r)
@@ -138,33 +147,34 @@ def main(argv):
         if b.tmp and not a.keep:
             shutil.rmtree(b.tmp, ignore_errors=True)
 
-    pairs = [(d.get("tps"), o.get("tps")) for d, o in zip(runs["detect"], runs["off"])
+    m1, m0 = modes
+    pairs = [(d.get("tps"), o.get("tps")) for d, o in zip(runs[m1], runs[m0])
              if d.get("tps") and o.get("tps")]
     print()
-    print(f"# n1_mode detect vs off: pgbench -S -M {a.mode} -c {a.clients} -j {a.jobs} "
+    print(f"# n1_mode {m1} vs {m0}: pgbench -S -M {a.mode} -c {a.clients} -j {a.jobs} "
           f"-T {a.seconds}" + (f" -R {a.rate}" if a.rate > 0 else "")
           + f", {len(pairs)} alternated pair(s), {os.cpu_count()} cores")
     print()
     print("| n1_mode | median tps | proxy CPU s/10k tx (median) |")
     print("|---|---|---|")
-    for m in MODES:
+    for m in modes:
         tps = pc.median_or_none([r.get("tps") for r in runs[m] if r.get("tps")])
         cpu = pc.median_or_none([r.get("cpu_per_10k") for r in runs[m]
                                  if r.get("cpu_per_10k") is not None])
         print(f"| {m} | {pc.fmt(tps, 1)} | {pc.fmt(cpu, 3)} |")
     cpu_pairs = [(d.get("cpu_per_10k"), o.get("cpu_per_10k"))
-                 for d, o in zip(runs["detect"], runs["off"])
+                 for d, o in zip(runs[m1], runs[m0])
                  if d.get("cpu_per_10k") and o.get("cpu_per_10k")]
     if cpu_pairs:
         extra = [(d - o) / 10000 * 1e6 for d, o in cpu_pairs]
         print()
-        print(f"proxy CPU detect - off per transaction: median {statistics.median(extra):.2f} µs "
+        print(f"proxy CPU {m1} - {m0} per transaction: median {statistics.median(extra):.2f} µs "
               f"(per pair: {', '.join(f'{x:.2f}' for x in extra)}); ratio median "
               f"{statistics.median([d / o for d, o in cpu_pairs]):.3f}")
     if pairs:
         ratios = [d / o for d, o in pairs]
         print()
-        print(f"tps ratio detect/off: median {statistics.median(ratios):.3f} "
+        print(f"tps ratio {m1}/{m0}: median {statistics.median(ratios):.3f} "
               f"(per pair: {', '.join(f'{x:.3f}' for x in ratios)}); target >= 0.970")
     sb = shape_bench(a)
     if sb:

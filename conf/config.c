@@ -212,7 +212,7 @@ static const Setting settings[] = {
     {"syslog_ident", ST_STRING, CFG(syslog_ident), "pgcoalesce", true, .check = check_ident},
     {"n1_mode", ST_ENUM, CFG(n1_mode), "batch", true, .words = n1_mode_words},
     {"n1_threshold", ST_INT, CFG(n1_threshold), "5", true, 2, 1000000},
-    {"n1_result_memory", ST_INT, CFG(n1_result_memory), "1000", true, 0, 10000000},
+    {"n1_result_memory", ST_INT, CFG(n1_result_memory), "20000", true, 0, 10000000},
     {"n1_max_patterns", ST_INT, CFG(n1_max_patterns), "1000", false, 1, 1000000},
     {"n1_batch_after", ST_INT, CFG(n1_batch_after), "2", true, 2, 1000000},
     {"n1_batch_max", ST_INT, CFG(n1_batch_max), "500", true, 2, 100000},

@@ -64,9 +64,10 @@ struct N1Session {
     int ncols;               /* parent result columns kept (<= N1_MAX_COLS) */
     uint32_t nrows;
     bool full;
-    uint64_t *vals; /* nrows x ncols hashes, row-major; result_memory of them */
-    int cap_vals;
-    uint64_t *filter; /* bitmap of the hashes in vals: a quick "not there" */
+    uint64_t *vals;    /* nrows x ncols hashes, row-major; result_memory of them */
+    int cap_vals;      /* result_memory: values at most */
+    size_t alloc_vals; /* values vals has room for */
+    uint64_t *filter;  /* bitmap of the hashes in vals: a quick "not there" */
     uint32_t filter_bits;
     bool filter_dirty;
     bool runs_dirty;                /* a run was started since the runs were last cleared */
@@ -512,33 +513,52 @@ bool n1_wants_result(const N1Session *s)
     return s->want_result;
 }
 
+/* Room for n values (n <= cap_vals) and a filter of 4 bits per value, grown
+ * as parents need them: most parents are a handful of values, and a session
+ * should not hold result_memory's worth for them. */
+static bool grow_store(N1Session *s, size_t n)
+{
+    size_t cap = s->alloc_vals ? s->alloc_vals : 256;
+    uint32_t bits = s->filter_bits ? s->filter_bits : 1024;
+    uint64_t *nv, *nf;
+
+    while (cap < n)
+        cap *= 2;
+    if (cap > (size_t)s->cap_vals)
+        cap = (size_t)s->cap_vals;
+    while (bits < cap * 4 && bits < (1u << 24))
+        bits <<= 1;
+    if (cap > s->alloc_vals) {
+        nv = realloc(s->vals, cap * sizeof(*nv));
+        if (!nv)
+            return false;
+        s->vals = nv;
+        s->alloc_vals = cap;
+    }
+    if (bits > s->filter_bits) {
+        nf = calloc(bits / 64, sizeof(*nf));
+        if (!nf)
+            return false;
+        free(s->filter);
+        s->filter = nf;
+        s->filter_bits = bits;
+        s->filter_dirty = false;
+        for (size_t i = 0; i < (size_t)s->nrows * (size_t)s->ncols; i++)
+            filter_add(s, s->vals[i]);
+    }
+    return true;
+}
+
 /* Size the value store and its filter on first use. */
 static bool ensure_store(N1Session *s)
 {
     int mem = s->t->result_memory;
 
     s->raw_max = (size_t)mem * N1_RAW_AVG;
-    if (s->vals && s->cap_vals == mem)
-        return true;
-    free(s->vals);
-    free(s->filter);
     s->cap_vals = mem;
-    s->filter_bits = 64;
-    while (s->filter_bits < (uint32_t)mem * 4 && s->filter_bits < (1u << 24))
-        s->filter_bits <<= 1;
-    s->vals = malloc((size_t)mem * sizeof(*s->vals));
-    s->filter = calloc(s->filter_bits / 64, sizeof(*s->filter));
-    s->filter_dirty = false;
-    if (!s->vals || !s->filter) {
-        free(s->vals);
-        free(s->filter);
-        s->vals = NULL;
-        s->filter = NULL;
-        s->filter_bits = 0;
-        s->cap_vals = 0;
-        return false;
-    }
-    return true;
+    if (s->vals)
+        return true;
+    return mem > 0 && grow_store(s, 1);
 }
 
 void n1_result_columns(N1Session *s, int ncols, const char *const *names)
@@ -619,7 +639,9 @@ bool n1_result_row(N1Session *s, const ShapeValue *vals, const ShapeValue *sent,
 
     if (!s->want_result || s->full || !s->vals)
         return false;
-    if ((size_t)(s->nrows + 1) * (size_t)s->ncols > (size_t)s->cap_vals) {
+    if ((size_t)(s->nrows + 1) * (size_t)s->ncols > (size_t)s->cap_vals ||
+        ((size_t)(s->nrows + 1) * (size_t)s->ncols > s->alloc_vals &&
+         !grow_store(s, (size_t)(s->nrows + 1) * (size_t)s->ncols))) {
         s->full = true;
         return false;
     }

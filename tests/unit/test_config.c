@@ -434,7 +434,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->log_level, LOG_INFO);
     assert_int_equal(cfg->n1_mode, N1_MODE_BATCH);
     assert_int_equal(cfg->n1_threshold, 5);
-    assert_int_equal(cfg->n1_result_memory, 1000);
+    assert_int_equal(cfg->n1_result_memory, 20000);
     assert_int_equal(cfg->n1_max_patterns, 1000);
     assert_int_equal(cfg->shape_cache_size, 10000);
     assert_int_equal(cfg->nusers, 0);
@@ -956,7 +956,7 @@ static const struct {
     {"syslog_ident", "pgcoalesce", true, "pgc-test"},
     {"n1_mode", "batch", true, "off"},
     {"n1_threshold", "5", true, "8"},
-    {"n1_result_memory", "1000", true, "250"},
+    {"n1_result_memory", "20000", true, "250"},
     {"n1_max_patterns", "1000", false, "40"},
     {"n1_batch_after", "2", true, "3"},
     {"n1_batch_max", "500", true, "100"},
