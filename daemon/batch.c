@@ -135,8 +135,9 @@ struct OrmPrefetch {
     uint64_t params[ORM_STMT_PARAMS]; /* the others must be the same */
     uint8_t res_fmt;
     uint64_t res_bin;
-    uint64_t gen; /* parent it was made for */
-    char status;  /* transaction status it was filled in */
+    uint64_t gen;        /* parent it was made for */
+    char status;         /* transaction status it was filled in */
+    bool fixed_snapshot; /* filled in a REPEATABLE READ / SERIALIZABLE transaction: no ttl */
     double filled;
     uint8_t *rowdesc; /* the whole RowDescription message */
     uint32_t rowdesc_len;
@@ -205,7 +206,7 @@ static int pf_find(const ClientOrm *o, uint64_t child)
 static bool pf_usable(const ClientOrm *o, const OrmPrefetch *pf, const OrmStmt *e, char status,
                       double now, double ttl, bool *expired)
 {
-    *expired = now - pf->filled > ttl;
+    *expired = !pf->fixed_snapshot && now - pf->filled > ttl;
     if (*expired || pf->gen != n1_parent_gen(o->sess) || pf->status != status ||
         e->nparams != pf->nparams || e->res_fmt != pf->res_fmt ||
         (e->res_fmt == ORM_RES_MIXED && e->res_bin != pf->res_bin))
@@ -889,7 +890,7 @@ static BatchResult launch(Client *c, Exec *x, const N1BatchPlan *plan, BatchShap
     p = worker_pkt(c->w);
     b->savepoint = s->tx_status == 'T';
     if (b->savepoint)
-        pkt_query(p, "SAVEPOINT " BATCH_SAVEPOINT);
+        pkt_query(p, "SAVEPOINT " BATCH_SAVEPOINT "; SHOW transaction_isolation");
     if (bs->type_oid == 0) {
         put_learn(p, x->stmt.info);
     } else if (!put_batch(c, b, p)) {
@@ -897,7 +898,7 @@ static BatchResult launch(Client *c, Exec *x, const N1BatchPlan *plan, BatchShap
         batch_free(b);
         return BATCH_PASS;
     }
-    ok = (!b->savepoint || rq_push(s, RQ_INTERNAL, NULL, NULL)) &&
+    ok = (!b->savepoint || rq_push(s, RQ_BATCH_SAVEPOINT, NULL, NULL)) &&
          rq_push(s, bs->type_oid == 0 ? RQ_BATCH_TYPES : RQ_BATCH, NULL, NULL);
     if (!ok)
         goto oom;
@@ -1050,6 +1051,21 @@ static void batch_rowdesc(OrmBatch *b, const uint8_t *body, uint32_t len)
     pf->rowdesc_len = (uint32_t)(PROTO_HDR_LEN + n);
 }
 
+/* SHOW transaction_isolation: a snapshot that cannot move keeps answers valid. */
+static void batch_isolation(OrmBatch *b, const uint8_t *body, uint32_t len)
+{
+    static const char rr[] = "repeatable read", ser[] = "serializable";
+    int32_t n;
+
+    if (len < 6 || be16(body) != 1)
+        return;
+    n = (int32_t)be32(body + 2);
+    if (n < 0 || (uint32_t)n > len - 6)
+        return;
+    b->pf->fixed_snapshot = ((size_t)n == sizeof(rr) - 1 && memcmp(body + 6, rr, (size_t)n) == 0) ||
+                            ((size_t)n == sizeof(ser) - 1 && memcmp(body + 6, ser, (size_t)n) == 0);
+}
+
 static void batch_types(OrmBatch *b, const uint8_t *body, uint32_t len)
 {
     int n;
@@ -1155,6 +1171,8 @@ bool batch_server_input(Server *s)
         case 'D':
             if (kind == RQ_BATCH)
                 batch_row(b, body, len);
+            else if (kind == RQ_BATCH_SAVEPOINT)
+                batch_isolation(b, body, len);
             break;
         case 'E': {
             ProtoError e;
@@ -1176,6 +1194,8 @@ bool batch_server_input(Server *s)
         if (type != 'Z')
             continue;
         rq_pop_head(s);
+        if (kind == RQ_BATCH_SAVEPOINT)
+            continue; /* the learning or the batch follows, already sent */
         if (kind == RQ_BATCH_TYPES) {
             PktBuf *p;
             if (b->failed || !batch_type_name(b->type_oid)) {

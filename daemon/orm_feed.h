@@ -251,7 +251,8 @@ void batch_client_free(Client *c);
 /* Is the head item one of batch.c's? */
 static inline bool batch_item(const RqItem *it)
 {
-    return it && (it->kind == RQ_BATCH || it->kind == RQ_BATCH_TYPES);
+    return it &&
+           (it->kind == RQ_BATCH || it->kind == RQ_BATCH_TYPES || it->kind == RQ_BATCH_SAVEPOINT);
 }
 /* Server answers for the head batch item; false when s must not be used further
  * by the caller (released, closed, or waiting for more bytes). */

@@ -155,6 +155,7 @@ typedef enum {
     RQ_INTERNAL,     /* the proxy's own simple query: all swallowed up to ReadyForQuery */
     RQ_PARSE_DUP,    /* client's Parse of a name it already has: the server's error is replaced */
     RQ_FAKE_DEALLOCATE, /* client's DEALLOCATE of its own statement: answered by the proxy */
+    RQ_BATCH_SAVEPOINT, /* the proxy's SAVEPOINT before a batch in a transaction (batch.c) */
     RQ_BATCH_TYPES,     /* the proxy's Parse/Describe/Close/Sync learning a key type (batch.c) */
     RQ_BATCH,           /* the proxy's batched statement, up to its ReadyForQuery (batch.c) */
 } RqKind;
