@@ -459,10 +459,7 @@ void batch_client_free(Client *c)
 
     if (!o)
         return;
-    while (o->npf > 0) {
-        pf_free(o->pf[--o->npf]);
-        o->pf[o->npf] = NULL;
-    }
+    batch_drop_all(c); /* counted: keys fetched for nothing */
     batch_free(o->batch);
     o->batch = NULL;
 }
