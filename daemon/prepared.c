@@ -1,5 +1,6 @@
 /* Bookkeeping of prepared statements: registry, client names, server LRUs. */
 #include "daemon/prepared.h"
+#include "daemon/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,7 @@ PreparedStmt *ps_intern(PsRegistry *r, const uint8_t *body, size_t len)
     ps->id = r->next_id++;
     snprintf(ps->server_name, sizeof(ps->server_name), "pgc_%llu", (unsigned long long)ps->id);
     ps->refs = 1;
+    ps->session = session_state_sql((const char *)body, strnlen((const char *)body, len));
     ps->next = r->buckets[h & (r->nbuckets - 1)];
     r->buckets[h & (r->nbuckets - 1)] = ps;
     r->count++;
