@@ -73,10 +73,12 @@ typedef struct Config {
     bool pool_pre_ping;
     double pre_ping_idle; /* seconds */
     int max_client_conn;
-    double client_login_timeout;   /* seconds, 0 = none */
-    double server_connect_timeout; /* seconds */
-    int max_packet_size;           /* bytes; larger client messages are refused */
-    int max_prepared_statements;   /* per server connection, transaction mode */
+    double client_login_timeout;     /* seconds, 0 = none */
+    double client_write_timeout;     /* seconds a full output may stay unread; 0 = none */
+    double idle_transaction_timeout; /* seconds idle in a transaction; 0 = none */
+    double server_connect_timeout;   /* seconds */
+    int max_packet_size;             /* bytes; larger client messages are refused */
+    int max_prepared_statements;     /* per server connection, transaction mode */
     ClientTlsMode client_tls_sslmode;
     char *client_tls_cert_file; /* paths resolved against the config's directory */
     char *client_tls_key_file;

@@ -106,11 +106,34 @@ void admin_close_all(Ops *ops)
     }
 }
 
+AdminConn *admin_conn_new(Ops *ops, int fd, const char *addr)
+{
+    AdminConn *a = calloc(1, sizeof(*a));
+
+    if (!a) {
+        close(fd);
+        return NULL;
+    }
+    a->ops = ops;
+    a->since = now_sec();
+    pkt_init(&a->out);
+    snprintf(a->addr, sizeof(a->addr), "%s", addr);
+    evutil_make_socket_nonblocking(fd);
+    /* io_init closes fd when it fails */
+    if (!io_init(&a->io, ops->w->base, fd, admin_on_io, a)) {
+        pkt_free(&a->out);
+        free(a);
+        return NULL;
+    }
+    list_append(&ops->admin_conns, &a->node);
+    io_read(&a->io, true);
+    return a;
+}
+
 static void admin_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                             int salen, void *arg)
 {
     Ops *ops = arg;
-    AdminConn *a;
     char ip[INET6_ADDRSTRLEN] = "?";
 
     if (ops->admin_conns.count >= ADMIN_MAX_CONNS) {
@@ -118,30 +141,13 @@ static void admin_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct
         close(fd);
         return;
     }
-    a = calloc(1, sizeof(*a));
-    if (!a) {
-        close(fd);
-        return;
-    }
-    a->ops = ops;
-    a->since = now_sec();
-    pkt_init(&a->out);
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof(ip));
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof(ip));
     else
         snprintf(ip, sizeof(ip), "unix");
-    snprintf(a->addr, sizeof(a->addr), "%s", ip);
-    evutil_make_socket_nonblocking(fd);
-    if (!io_init(&a->io, ops->w->base, fd, admin_on_io, a)) {
-        close(fd);
-        pkt_free(&a->out);
-        free(a);
-        return;
-    }
-    list_append(&ops->admin_conns, &a->node);
-    io_read(&a->io, true);
+    (void)admin_conn_new(ops, fd, ip);
 }
 
 static void admin_on_accept_error(struct evconnlistener *l, void *arg)

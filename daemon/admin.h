@@ -44,6 +44,13 @@ typedef struct AdminConn {
 } AdminConn;
 
 /* admin.c */
+/*
+ * A new connection on fd (taken over: closed when this fails), reading,
+ * in ADM_SNIFF. NULL when out of memory. The accept callback's, and the
+ * fuzz targets' way in: they drive one over an eventfd through
+ * a->io.handler, without a socket.
+ */
+AdminConn *admin_conn_new(Ops *ops, int fd, const char *addr);
 void admin_close(AdminConn *a, const char *reason);
 /* Queue the answer and close once it is written. */
 void admin_finish(AdminConn *a);

@@ -5,6 +5,7 @@
 #include "daemon/auth.h"
 #include "daemon/log.h"
 #include "daemon/orm_feed.h"
+#include "daemon/session.h"
 #include "daemon/worker.h"
 #include "proto/msg.h"
 
@@ -25,6 +26,10 @@
 #define CLIENT_MAX_LOGIN_MSG 8192
 /* How long a refused client may keep sending before it is cut off. */
 #define CLIENT_LINGER_SEC 2.0
+/* A server is taken for a message once it has arrived whole, or this much
+ * of a longer one: announcing a message and sending no more of it must not
+ * hold a server connection. */
+#define CLIENT_CHECKOUT_BYTES (64 * 1024)
 
 static void client_on_io(void *arg, IoEvent ev);
 static void client_process(Client *c);
@@ -87,6 +92,12 @@ static void client_detach_server(Client *c)
         return;
     c->server = NULL;
     s->client = NULL;
+    if (c->pkt_left > 0) {
+        /* The backend holds part of a message: anything sent now would be
+         * read as the rest of it. */
+        server_close(s, "client disconnected in the middle of a message");
+        return;
+    }
     if (s->rq_len > 0 || s->copy_in || s->dirty || s->pkt_left > 0) {
         /* Mid-answer: the backend's state is unknowable from here. */
         server_close(s, "client disconnected while a query was running");
@@ -94,8 +105,8 @@ static void client_detach_server(Client *c)
     }
     if (s->pool->mode == POOL_SESSION)
         server_reset(s, true);
-    else if (s->tx_status != 'I')
-        server_reset(s, false);
+    else if (s->tx_status != 'I' || s->discard_on_release)
+        server_reset(s, false); /* DISCARD ALL too when session state was left */
     else
         pool_release(s);
 }
@@ -119,7 +130,7 @@ void client_close(Client *c, const char *reason)
 void client_error_close(Client *c, const char *sqlstate, const char *fmt, ...)
 {
     char msg[512], id[256];
-    PktBuf *b = worker_pkt(c->w);
+    PktBuf *b;
     va_list ap;
 
     if (c->state == CL_CLOSING || c->state == CL_LINGER)
@@ -128,8 +139,10 @@ void client_error_close(Client *c, const char *sqlstate, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     log_info("%s refused: %s (SQLSTATE %s)", client_id(c, id, sizeof(id)), msg, sqlstate);
-    pkt_error(b, "FATAL", sqlstate, "%s", msg);
+    /* First: the server's ROLLBACK or Terminate is built in the same scratch buffer. */
     client_detach_server(c);
+    b = worker_pkt(c->w);
+    pkt_error(b, "FATAL", sqlstate, "%s", msg);
     if (b->failed || c->io.closed) {
         client_close(c, msg);
         return;
@@ -433,6 +446,26 @@ static void client_startup(Client *c, const StartupPacket *sp)
 {
     const Config *cfg = c->w->cfg;
 
+    /* Names and values go into pool keys, logs, reports and the proxy's own
+     * SET statements: bytes that are not UTF-8 are refused here, before any
+     * of that, rather than failing later on a server connection. */
+    for (int i = 0; i < sp->nparams; i++) {
+        const char *n = sp->params[i].name, *v = sp->params[i].value, *bad;
+        if ((bad = proto_utf8_error(n)) != NULL) {
+            client_error_close(c, "22021",
+                               "invalid byte sequence for encoding \"UTF8\" in the name of "
+                               "startup parameter %d: 0x%02x",
+                               i + 1, (unsigned)(uint8_t)*bad);
+            return;
+        }
+        if ((bad = proto_utf8_error(v)) != NULL) {
+            client_error_close(c, "22021",
+                               "invalid byte sequence for encoding \"UTF8\" in startup parameter "
+                               "\"%s\": 0x%02x",
+                               n, (unsigned)(uint8_t)*bad);
+            return;
+        }
+    }
     c->user = strdup(sp->user);
     c->database = strdup(sp->database);
     if (!c->user || !c->database) {
@@ -531,7 +564,7 @@ static void client_startup_input(Client *c)
         evbuffer_remove(c->io.in, pkt, len);
         err = proto_parse_startup(pkt + 4, len - 4, &sp);
         if (err) {
-            client_error_close(c, "08P01", "%s", err);
+            client_error_close(c, err == PROTO_ERR_NO_USER ? "28000" : "08P01", "%s", err);
             return;
         }
         if (sp.code == PROTO_SSL_REQUEST && c->w->client_tls && !c->io.tls) {
@@ -563,10 +596,17 @@ static void client_login_input(Client *c)
     }
     while (c->state == CL_LOGIN && c->phase != LOGIN_WELCOME &&
            evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
-        const uint8_t *msg;
+        uint8_t msg[CLIENT_MAX_LOGIN_MSG];
         evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
-        if (proto_frame_header(hdr, CLIENT_MAX_LOGIN_MSG, &type, &len) != FRAME_OK) {
-            client_error_close(c, "08P01", "invalid message length during login");
+        if (proto_frame_header(hdr, CLIENT_MAX_LOGIN_MSG - 4, &type, &len) != FRAME_OK) {
+            uint32_t raw = ((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
+                           ((uint32_t)hdr[3] << 8) | hdr[4];
+            if (raw >= 4)
+                client_error_close(c, "08P01",
+                                   "message of %u bytes during login exceeds the %d allowed", raw,
+                                   CLIENT_MAX_LOGIN_MSG);
+            else
+                client_error_close(c, "08P01", "invalid message length %u during login", raw);
             return;
         }
         if (type == 'X') {
@@ -579,11 +619,12 @@ static void client_login_input(Client *c)
         }
         if (evbuffer_get_length(c->io.in) < PROTO_HDR_LEN + len)
             return;
-        msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
-        client_auth_message(c, msg + PROTO_HDR_LEN, len);
-        if (c->state == CL_CLOSING || c->state == CL_LINGER)
-            return;
-        evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+        /* Taken out of the input before acting on it: a login that completes
+         * here goes straight on to the client's first query in the input,
+         * which must not begin with this message. */
+        evbuffer_drain(c->io.in, PROTO_HDR_LEN);
+        evbuffer_remove(c->io.in, msg, len);
+        client_auth_message(c, msg, len);
     }
 }
 
@@ -597,7 +638,7 @@ static bool client_discard(Client *c)
 
     while (c->discarding && evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
         evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
-        if (proto_frame_header(hdr, (uint32_t)c->w->cfg->max_packet_size, &type, &len) !=
+        if (proto_frame_header(hdr, (uint32_t)c->w->cfg->max_packet_size - 4, &type, &len) !=
             FRAME_OK) {
             client_error_close(c, "08P01", "invalid message length");
             return false;
@@ -716,6 +757,44 @@ static bool message_names_statement(char type, const uint8_t *p, size_t n)
  * on this backend first when it lacks it. The whole message is at the front
  * of the client's input. Returns false if the client or server was closed.
  */
+/* The client's statement leaves session state in s: nobody else may see it. */
+static void client_note_session(Client *c, Server *s, const char *what)
+{
+    char id[256];
+
+    if (!what || c->pool->mode != POOL_TRANSACTION)
+        return;
+    s->discard_on_release = true;
+    if (!c->session_warned) {
+        c->session_warned = true;
+        log_info("%s: %s does not survive transaction pooling; its server connection is reset "
+                 "(DISCARD ALL) before it serves another client",
+                 client_id(c, id, sizeof(id)), what);
+    }
+}
+
+/* The text of the Query (skip 0) or Parse (skip past the name) at cur: its session state. */
+static const char *peek_session(const IoCursor *cur, uint32_t len, bool parse)
+{
+    char text[4096];
+    IoCursor at = *cur;
+    size_t n = len < sizeof(text) ? len : sizeof(text), off = 0;
+
+    /* what has arrived of the first 4 KiB: the statement words come first */
+    io_cursor_skip(&at, PROTO_HDR_LEN);
+    if (io_cursor_left(&at) < n)
+        n = io_cursor_left(&at);
+    if (n == 0 || !io_cursor_peek(&at, text, n))
+        return NULL;
+    if (parse) {
+        const char *z = memchr(text, 0, n);
+        if (!z)
+            return NULL;
+        off = (size_t)(z - text) + 1;
+    }
+    return session_state_sql(text + off, strnlen(text + off, n - off));
+}
+
 static bool client_statement_message(Client *c, Server *s, char type, uint32_t len)
 {
     PsRegistry *reg = &c->w->prepared;
@@ -755,6 +834,8 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
     }
     if (type == 'P') {
         ps = ps_intern(reg, r.p + r.pos, mr_remaining(&r));
+        if (ps)
+            client_note_session(c, s, ps->session);
         ok =
             ps && client_stmts_put(&c->stmts, reg, name, ps) && server_ensure_prepared(s, ps, name);
         if (ps)
@@ -768,6 +849,8 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
     }
     ps = client_stmts_get(&c->stmts, name);
     kind = type == 'B' ? RQ_BIND : RQ_DESCRIBE;
+    if (type == 'B' && ps)
+        client_note_session(c, s, ps->session);
     if (type == 'B' && c->w->cfg->n1_mode != N1_MODE_OFF)
         orm_client_bind(c, ps, msg + PROTO_HDR_LEN, len);
     if (!ps) {
@@ -814,6 +897,8 @@ static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
     QueryKind kind = QK_OTHER;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
+    if (tx_mode)
+        client_note_session(c, s, peek_session(cur, len, false));
     io_cursor_skip(&at_body, PROTO_HDR_LEN);
     /* Only short texts starting with R or D (after blanks) can be one of
      * these statements: most queries are let through on their first byte. */
@@ -984,7 +1069,8 @@ static void client_process(Client *c)
         }
         if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
             break;
-        if (proto_frame_header(hdr, (uint32_t)cfg->max_packet_size, &type, &len) != FRAME_OK) {
+        /* max_packet_size bounds the length word, which counts itself. */
+        if (proto_frame_header(hdr, (uint32_t)cfg->max_packet_size - 4, &type, &len) != FRAME_OK) {
             uint32_t raw = ((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
                            ((uint32_t)hdr[3] << 8) | hdr[4];
             if (raw >= 4)
@@ -994,7 +1080,8 @@ static void client_process(Client *c)
                 client_error_close(c, "08P01", "invalid message length %u", raw);
             return;
         }
-        if (!proto_frontend_type_known(type)) {
+        /* 'p' answers authentication requests, which are over. */
+        if (!proto_frontend_type_known(type) || type == 'p') {
             client_error_close(c, "08P01", "invalid frontend message type %d", (int)(uint8_t)type);
             return;
         }
@@ -1034,6 +1121,9 @@ static void client_process(Client *c)
             /* First message of a transaction: get a server, then come back.
              * Reading pauses only if the client has to wait, which saves
              * two epoll_ctl calls per transaction when a server is idle. */
+            if (evbuffer_get_length(c->io.in) - cur.pos <
+                PROTO_HDR_LEN + (len < CLIENT_CHECKOUT_BYTES ? len : CLIENT_CHECKOUT_BYTES))
+                break; /* not until the message (or its first part) is here */
             pool_checkout(c->pool, c);
             if (c->state == CL_WAITING)
                 io_read(&c->io, false);
@@ -1073,6 +1163,8 @@ static void client_process(Client *c)
             io_cursor_skip(&at_body, PROTO_HDR_LEN);
             if (!io_cursor_peek(&at_body, head, n))
                 break; /* wait for the names */
+            if (type == 'P' && n > 1 && head[0] == 0)
+                client_note_session(c, s, peek_session(&cur, len, true));
             if (type == 'P' && n > 1 && head[0] == 0 && c->stmts.count > 0 &&
                 client_unnamed_deallocate(c, s, head + 1, n - 1, len, &fwd)) {
                 if (c->state == CL_CLOSING || c->state == CL_LINGER)
@@ -1147,6 +1239,111 @@ void client_check_login_timeout(Client *c, double now)
         client_close(c, "refused client did not close");
 }
 
+void client_check_linked(Client *c, double now)
+{
+    const Config *cfg = c->w->cfg;
+    Server *s = c->server;
+    char id[256];
+
+    if (!s)
+        return;
+    if (cfg->client_write_timeout > 0) {
+        /* Over the cap its server is not read: any byte the client takes is
+         * progress, none for the whole timeout is a client that stopped. */
+        uint64_t sent = io_sent(&c->io);
+        if (!c->io.congested) {
+            c->stall_since = 0;
+        } else if (c->stall_since == 0 || sent != c->stall_sent) {
+            c->stall_since = now;
+            c->stall_sent = sent;
+        } else if (now - c->stall_since >= cfg->client_write_timeout) {
+            struct linger reset = {1, 0};
+            log_warning("%s read none of the %zu bytes waiting for it within client_write_timeout "
+                        "(%g s): disconnecting it",
+                        client_id(c, id, sizeof(id)), io_pending_output(&c->io),
+                        cfg->client_write_timeout);
+            /* It is not reading, so an ErrorResponse would never arrive: a
+             * reset frees the socket buffers at once. */
+            if (c->io.fd >= 0)
+                setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+            client_close(c, "client_write_timeout: the client stopped reading");
+            return;
+        }
+    }
+    if (cfg->idle_transaction_timeout > 0) {
+        /* Idle: in a transaction, nothing owed by the server, nothing of a
+         * message half forwarded, and no input since the last look. */
+        bool idle = (s->tx_status == 'T' || s->tx_status == 'E') && s->rq_len == 0 && !s->dirty &&
+                    !s->copy_in && s->pkt_left == 0 && c->pkt_left == 0 &&
+                    !(c->orm && c->orm->batch);
+        if (!idle) {
+            c->idle_since = 0;
+        } else if (c->idle_since == 0 || c->reads != c->idle_reads) {
+            c->idle_since = now;
+            c->idle_reads = c->reads;
+        } else if (now - c->idle_since >= cfg->idle_transaction_timeout) {
+            client_error_close(c, "25P03",
+                               "terminating connection due to idle-in-transaction timeout "
+                               "(idle_transaction_timeout = %g s)",
+                               cfg->idle_transaction_timeout);
+        }
+    }
+}
+
+/*
+ * Bytes still missing from a message the client left unfinished when it
+ * closed its side, or 0 when its input ends on a message boundary.
+ */
+static uint32_t client_unfinished(Client *c)
+{
+    struct evbuffer *in = c->io.in;
+    size_t have = evbuffer_get_length(in), pos = 0;
+    /* Before the startup packet frames have no type byte. */
+    size_t tb = c->state == CL_LOGIN && c->phase == LOGIN_STARTUP ? 0 : 1;
+
+    if (c->pkt_left > 0) {
+        if (have < c->pkt_left)
+            return c->pkt_left - (uint32_t)have;
+        pos = c->pkt_left;
+    }
+    while (pos < have) {
+        uint8_t hdr[PROTO_HDR_LEN];
+        struct evbuffer_ptr at;
+        uint32_t len;
+
+        if (have - pos < tb + 4)
+            return (uint32_t)(tb + 4 - (have - pos));
+        evbuffer_ptr_set(in, &at, pos, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(in, &at, hdr, tb + 4);
+        len = ((uint32_t)hdr[tb] << 24) | ((uint32_t)hdr[tb + 1] << 16) |
+              ((uint32_t)hdr[tb + 2] << 8) | hdr[tb + 3];
+        if (len < 4 || len > INT32_MAX)
+            return 0; /* a bad frame is not an unfinished one */
+        if (have - pos < tb + len)
+            return (uint32_t)(tb + len - (have - pos));
+        pos += tb + len;
+    }
+    return 0;
+}
+
+/* The client closed its side. It may still read: a message it left
+ * unfinished is a protocol violation it hears about before the close. */
+static void client_eof(Client *c)
+{
+    uint32_t missing;
+
+    if (c->state == CL_LINGER || c->state == CL_CLOSING || !(missing = client_unfinished(c))) {
+        client_close(c, "client closed the connection");
+        return;
+    }
+    if (c->state == CL_LOGIN && c->phase == LOGIN_STARTUP)
+        client_error_close(c, "08P01", "incomplete startup packet: %u bytes missing at EOF",
+                           missing);
+    else
+        client_error_close(c, "08P01", "incomplete message from client: %u bytes missing at EOF",
+                           missing);
+}
+
 Client *client_find_cancel(Worker *w, int32_t pid, int32_t key)
 {
     for (ListNode *pn = list_first(&w->pools); pn; pn = list_next(&w->pools, pn)) {
@@ -1167,6 +1364,7 @@ static void client_on_io(void *arg, IoEvent ev)
 
     switch (ev) {
     case IO_READ:
+        c->reads++;
         if (c->state == CL_LINGER) {
             evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
         } else if (c->state == CL_LOGIN) {
@@ -1180,7 +1378,7 @@ static void client_on_io(void *arg, IoEvent ev)
             io_read(&c->server->io, true);
         break;
     case IO_EOF:
-        client_close(c, "client closed the connection");
+        client_eof(c);
         break;
     case IO_ERROR:
         client_close(c, strerror(c->io.err));

@@ -159,15 +159,19 @@ static void http_request(AdminConn *a, char *line)
 void http_input(AdminConn *a)
 {
     struct evbuffer_ptr end = evbuffer_search(a->io.in, "\r\n\r\n", 4, NULL);
+    struct evbuffer_ptr lf = evbuffer_search(a->io.in, "\n\n", 2, NULL);
     size_t have = evbuffer_get_length(a->io.in);
     char line[1024];
     size_t eol_len;
     struct evbuffer_ptr eol;
 
-    if (end.pos < 0)
-        end = evbuffer_search(a->io.in, "\n\n", 2, NULL);
+    /* The head ends at the first blank line, CRLF or bare LF: not at a later
+     * CRLF one, which would make the answer depend on how the bytes arrived. */
+    if (end.pos < 0 || (lf.pos >= 0 && lf.pos < end.pos))
+        end = lf;
     if (end.pos < 0) {
-        if (have > HTTP_MAX_HEAD)
+        /* Not yet: the last 3 bytes may begin a "\r\n\r\n" at the limit. */
+        if (have > HTTP_MAX_HEAD + 3)
             http_fail(a, 431, "request head too large");
         return;
     }

@@ -164,8 +164,10 @@ static void io_flush(Io *io)
 
 void io_queue(Io *io, const void *data, size_t len)
 {
-    if (!io->closed)
-        evbuffer_add(io->out, data, len);
+    if (io->closed)
+        return;
+    io->out_total += len;
+    evbuffer_add(io->out, data, len);
 }
 
 void io_push(Io *io)
@@ -178,6 +180,7 @@ void io_send(Io *io, const void *data, size_t len)
 {
     if (io->closed)
         return;
+    io->out_total += len;
     evbuffer_add(io->out, data, len);
     io_flush(io);
 }
@@ -190,6 +193,7 @@ void io_forward(Io *io, struct evbuffer *src, size_t n)
         evbuffer_drain(src, n);
         return;
     }
+    io->out_total += n;
     if (evbuffer_get_length(io->out) == 0 && !io->connecting && !io->bev) {
         ssize_t w = io_send_from(io->fd, src, n);
         if (w > 0)

@@ -46,6 +46,7 @@ typedef struct Io {
     bool congested; /* output went over the watermark; owner told on drain */
     bool closed;
     bool tls;            /* traffic is encrypted (after io_start_tls) */
+    uint64_t out_total;  /* bytes ever handed over for output */
     char tls_error[128]; /* last OpenSSL error, for messages */
 } Io;
 
@@ -82,6 +83,11 @@ void io_forward(struct Io *io, struct evbuffer *src, size_t n);
 size_t io_pending_output(const struct Io *io);
 /* True when nothing waits to be written. */
 bool io_flushed(const struct Io *io);
+/* Bytes written to the socket so far (TLS: to the encrypting layer). */
+static inline uint64_t io_sent(const struct Io *io)
+{
+    return io->out_total - io_pending_output(io);
+}
 
 /* Walks the bytes of an evbuffer without copying it whole. */
 typedef struct IoCursor {

@@ -83,6 +83,11 @@ void log_write(LogLevel level, const char *fmt, ...)
     va_end(ap);
     if (n > (int)sizeof(line) - 2)
         n = (int)sizeof(line) - 2;
+    /* Names clients chose (users, databases, application names) may hold
+     * control characters: one message stays one line, and never forges another. */
+    for (int i = head; i < n; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     if (log_syslog) {
         line[n] = '\0';
         syslog(syslog_prio[level], "%s", line + head); /* syslog adds time and pid */

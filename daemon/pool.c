@@ -216,6 +216,10 @@ void pool_release(Server *s)
         c->server = NULL;
         s->client = NULL;
     }
+    if (s->discard_on_release) {
+        server_reset(s, true);
+        return;
+    }
     pool_server_ready(s);
 }
 
@@ -274,6 +278,16 @@ void pool_janitor(Pool *p, double now)
         Server *s = list_entry(n, Server);
         n = list_next(&p->connecting_servers, n);
         server_check_timeout(s, now);
+    }
+    if (cfg->idle_transaction_timeout > 0 || cfg->client_write_timeout > 0) {
+        /* A client closed here leaves its server closed or with a ROLLBACK
+         * (or DISCARD ALL) in flight: no other client is linked meanwhile,
+         * so the next node stays valid. */
+        for (n = list_first(&p->active_clients); n;) {
+            Client *c = list_entry(n, Client);
+            n = list_next(&p->active_clients, n);
+            client_check_linked(c, now);
+        }
     }
     if (p->waiting_clients.count > 0)
         pool_dispatch(p);

@@ -504,6 +504,19 @@ void server_reset(Server *s, bool discard_all)
 
     server_set_state(s, SV_TESTING);
     s->dirty = false;
+    if (s->discard_on_release && s->pool->mode == POOL_TRANSACTION) {
+        /* A transaction-mode client left a temp table, a SET of an
+         * unreported parameter, a LISTEN, ... (daemon/session.c): nobody
+         * else may see it. The backend returns to its defaults: reported
+         * parameters announce themselves again, the other values the proxy
+         * had set there are forgotten. */
+        discard_all = true;
+        for (int i = s->params.n - 1; i >= 0; i--)
+            if (!params_get(&s->pool->welcome, s->params.v[i].name))
+                params_remove(&s->params, s->params.v[i].name);
+        s->pool->stats.session_resets++;
+    }
+    s->discard_on_release = false;
     if (s->tx_status != 'I')
         ok = server_internal_query(s, b, "ROLLBACK");
     if (ok && discard_all) {

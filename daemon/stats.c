@@ -139,6 +139,7 @@ POOL_GETTER(get_xacts, p->stats.xact_count)
 POOL_GETTER(get_bytes_in, p->stats.bytes_in)
 POOL_GETTER(get_bytes_out, p->stats.bytes_out)
 POOL_GETTER(get_ping_failures, p->stats.ping_failures)
+POOL_GETTER(get_session_resets, p->stats.session_resets)
 POOL_GETTER(get_recycled, p->stats.recycled)
 POOL_GETTER(get_timeouts, p->stats.timeouts)
 POOL_GETTER(get_connect_failures, p->stats.connect_failures)
@@ -165,6 +166,10 @@ static const PoolMetric pool_metrics[] = {
      get_bytes_out},
     {"pgcoalesce_pre_ping_failures_total", "counter",
      "Server connections found dead before being handed out (pool_pre_ping).", get_ping_failures},
+    {"pgcoalesce_session_resets_total", "counter",
+     "Server connections reset with DISCARD ALL because a transaction-mode client left session "
+     "state (temp table, SET of an unreported parameter, LISTEN, ...).",
+     get_session_resets},
     {"pgcoalesce_recycled_total", "counter",
      "Server connections closed because of their age (pool_recycle).", get_recycled},
     {"pgcoalesce_pool_timeouts_total", "counter",

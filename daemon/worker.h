@@ -67,9 +67,10 @@ typedef struct PoolStats {
     uint64_t bytes_out; /* server to client */
     uint64_t wait_usec; /* total time clients waited for a server */
     uint64_t max_wait_usec;
-    uint64_t timeouts;      /* pool_timeout errors */
-    uint64_t recycled;      /* closed by pool_recycle */
-    uint64_t ping_failures; /* pre-ping found a dead connection */
+    uint64_t timeouts;       /* pool_timeout errors */
+    uint64_t recycled;       /* closed by pool_recycle */
+    uint64_t ping_failures;  /* pre-ping found a dead connection */
+    uint64_t session_resets; /* DISCARD ALL after a client left session state (transaction mode) */
     uint64_t connect_failures;
     uint64_t query_usec;                     /* total time of query_hist's queries */
     uint64_t query_hist[STATS_HIST_BUCKETS]; /* request to ReadyForQuery */
@@ -132,7 +133,13 @@ struct Client {
     uint32_t pkt_left; /* bytes of the current message still to forward */
     bool discarding;   /* an error was sent for a query that never ran: drop until Query/Sync */
     double linger_since;
+    uint64_t reads;        /* read events so far: the janitor's sign of activity */
+    double idle_since;     /* janitor: idle in a transaction since (0: not idle) */
+    uint64_t idle_reads;   /* reads when idle_since was set */
+    double stall_since;    /* janitor: output over the cap and unread since (0: not) */
+    uint64_t stall_sent;   /* bytes it had been sent at stall_since */
     struct ClientOrm *orm; /* shapes and N+1 session (daemon/orm_feed.h); NULL until used */
+    bool session_warned;   /* logged that its session state does not survive transaction mode */
 };
 
 /*
@@ -202,6 +209,7 @@ struct Server {
     bool copy_in;         /* in COPY FROM STDIN: client sends data */
     bool internal_error;  /* one of the proxy's own queries failed */
     bool close_when_idle;
+    bool discard_on_release;      /* its client left session state behind: DISCARD ALL first */
     struct sockaddr_storage addr; /* where it connected, for CancelRequest */
     socklen_t addrlen;
     struct evdns_getaddrinfo_request *dns_req;
@@ -277,6 +285,9 @@ void client_resume(Client *c);
 void client_continue(Client *c);
 void client_free(Client *c);
 void client_check_login_timeout(Client *c, double now);
+/* Janitor, for a client linked to a server: idle_transaction_timeout and
+ * client_write_timeout. May close c. */
+void client_check_linked(Client *c, double now);
 Client *client_find_cancel(Worker *w, int32_t pid, int32_t key);
 
 /* server.c */

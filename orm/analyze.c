@@ -154,6 +154,24 @@ static int param_of(const PgQuery__Node *n)
     return 0;
 }
 
+/*
+ * $n of a key's parameter: as param_of, but not in "type $n", the typed
+ * literal TYPE 'x' as shaped (libpg_query reads it with a parameter too):
+ * that value cannot be replaced by an expression, as batching does.
+ */
+static int key_param_of(const PgQuery__Node *n)
+{
+    const PgQuery__TypeCast *tc;
+
+    if (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) {
+        tc = n->type_cast;
+        if (tc->arg && tc->arg->node_case == PG_QUERY__NODE__NODE_PARAM_REF && tc->type_name &&
+            tc->type_name->location >= 0 && tc->type_name->location < tc->arg->param_ref->location)
+            return 0;
+    }
+    return param_of(n);
+}
+
 static void mark_page_param(Ctx *c, const PgQuery__Node *n)
 {
     int p = param_of(n);
@@ -468,8 +486,8 @@ static void collect_keys(Ctx *c, const PgQuery__Node *w)
         c->nothers++;
         return;
     }
-    lp = param_of(e->lexpr);
-    rp = param_of(e->rexpr);
+    lp = key_param_of(e->lexpr);
+    rp = key_param_of(e->rexpr);
     if (e->lexpr->node_case == PG_QUERY__NODE__NODE_COLUMN_REF && rp)
         add_key(c, e->lexpr->column_ref, rp, SHAPE_KEY_COL_LEFT);
     else if (e->rexpr->node_case == PG_QUERY__NODE__NODE_COLUMN_REF && lp)

@@ -84,16 +84,24 @@ bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_
     static const char key[] = " pgc_k.pgc_val ";
     static const char tail[] = "\n) AS pgc_s ORDER BY pgc_k.pgc_ord";
     static const char offset0[] = "\nOFFSET 0";
-    size_t end = len, cap, n;
+    size_t start, end, cap, n;
+    ShapeSpan span;
     char *buf;
     int h;
 
     *out = NULL;
     if ((size_t)lit->off + lit->len > len)
         return false;
+    /* Only the statement itself goes in: a ";" before or after it would end
+     * the subquery (";SELECT ..." is one statement for shape_normalize). */
+    if (shape_split(sql, len, &span, 1) != 1 || lit->off < span.off ||
+        (size_t)lit->off + lit->len > (size_t)span.off + span.len)
+        return false;
+    start = span.off;
+    end = (size_t)span.off + span.len;
     if (lit->kind == SHAPE_LIT_BIND && bind_used_elsewhere(sql, len, lit))
         return false;
-    /* a trailing ";" (and the blanks around it) would end the subquery */
+    /* nor the blanks after it */
     while (end > (size_t)lit->off + lit->len &&
            (sql[end - 1] == ';' || sql[end - 1] == ' ' || sql[end - 1] == '\t' ||
             sql[end - 1] == '\n' || sql[end - 1] == '\r'))
@@ -109,8 +117,8 @@ bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_
         return false;
     }
     n = (size_t)h;
-    memcpy(buf + n, sql, lit->off);
-    n += lit->off;
+    memcpy(buf + n, sql + start, lit->off - start);
+    n += lit->off - start;
     memcpy(buf + n, key, sizeof(key) - 1);
     n += sizeof(key) - 1;
     memcpy(buf + n, sql + lit->off + lit->len, end - lit->off - lit->len);

@@ -46,8 +46,9 @@ const char *batch_type_name(uint32_t oid);
  * $N, the key array. fence appends OFFSET 0 to the child (give it when the
  * child has no LIMIT or OFFSET of its own): PostgreSQL would otherwise pull
  * a simple child up into a join with the keys, hash it and sort by the
- * ordinality, which keeps no order within a key. Returns false when out of memory or when the text
- * cannot be wrapped (a $n key written more than once).
+ * ordinality, which keeps no order within a key. Only the statement goes in, without the ";" or
+ * empty statements around it. Returns false when out of memory or when the text cannot be
+ * wrapped (a $n key written more than once, or more than one statement).
  */
 bool batch_sql(const char *sql, size_t len, const ShapeLit *lit, uint32_t array_param,
                const char *type_name, bool fence, char **out);

@@ -72,9 +72,10 @@ struct N1Session {
     bool filter_dirty;
     bool runs_dirty;                /* a run was started since the runs were last cleared */
     uint16_t name_off[N1_MAX_COLS]; /* into names; UINT16_MAX: none */
-    char names[NAMES_BUF];
+    char *names;                    /* grown as parents need, up to NAMES_BUF */
+    size_t names_cap;
 
-    N1Run runs[N1_MAX_RUNS];
+    N1Run *runs;  /* N1_MAX_RUNS of them, made at the session's first run */
     int last_run; /* run of the current statement, -1 if none */
     uint64_t seq;
     uint64_t parent_gen; /* bumped each time a statement becomes the parent */
@@ -219,6 +220,8 @@ void n1_session_free(N1Session *s)
     free(s->filter);
     free(s->cells);
     free(s->raw);
+    free(s->names);
+    free(s->runs);
     free(s);
 }
 
@@ -250,7 +253,7 @@ static void become_parent(N1Session *s, const ShapeInfo *info)
     /* Most statements start no run (pgbench -S is all parents): clearing
      * the slots only when one was used saves ~2 KB of stores each time. */
     if (s->runs_dirty) {
-        memset(s->runs, 0, sizeof(s->runs));
+        memset(s->runs, 0, N1_MAX_RUNS * sizeof(*s->runs));
         s->runs_dirty = false;
     }
     if (info)
@@ -447,6 +450,8 @@ static void report_more(N1Session *s, const N1Run *r, uint64_t now)
 
 static N1Run *run_find(N1Session *s, uint64_t child)
 {
+    if (!s->runs)
+        return NULL;
     for (int i = 0; i < N1_MAX_RUNS; i++)
         if (s->runs[i].child == child)
             return &s->runs[i];
@@ -456,7 +461,11 @@ static N1Run *run_find(N1Session *s, uint64_t child)
 /* A free run slot, else the least recently used run (which ends). */
 static N1Run *run_slot(N1Session *s)
 {
-    N1Run *lru = &s->runs[0];
+    N1Run *lru;
+
+    if (!s->runs && !(s->runs = calloc(N1_MAX_RUNS, sizeof(*s->runs))))
+        return NULL;
+    lru = &s->runs[0];
 
     for (int i = 0; i < N1_MAX_RUNS; i++) {
         if (!s->runs[i].child)
@@ -503,6 +512,8 @@ N1Event n1_statement(N1Session *s, const ShapeInfo *info, const uint64_t *params
     if (!(info->flags & SHAPE_F_READ_ONLY))
         return N1_NONE; /* a write about the parent's rows: absorbed, no run */
     r = run_slot(s);
+    if (!r)
+        return N1_NONE; /* out of memory: not followed */
     run_start(s, r, info, params, nparams, cand, ncand);
     s->last_run = (int)(r - s->runs);
     return N1_NONE;
@@ -518,8 +529,8 @@ bool n1_wants_result(const N1Session *s)
  * should not hold result_memory's worth for them. */
 static bool grow_store(N1Session *s, size_t n)
 {
-    size_t cap = s->alloc_vals ? s->alloc_vals : 256;
-    uint32_t bits = s->filter_bits ? s->filter_bits : 1024;
+    size_t cap = s->alloc_vals ? s->alloc_vals : 32;
+    uint32_t bits = s->filter_bits ? s->filter_bits : 128;
     uint64_t *nv, *nf;
 
     while (cap < n)
@@ -563,7 +574,7 @@ static bool ensure_store(N1Session *s)
 
 void n1_result_columns(N1Session *s, int ncols, const char *const *names)
 {
-    size_t used = 0;
+    size_t used = 0, need = 0;
 
     if (!s->want_result)
         return;
@@ -576,10 +587,21 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
     s->ncells = 0;
     s->raw_used = 0;
     s->full = s->ncols <= 0 || s->ncols > s->cap_vals;
+    for (int c = 0; c < s->ncols; c++)
+        need += names && names[c] ? strlen(names[c]) + 1 : 0;
+    if (need > NAMES_BUF)
+        need = NAMES_BUF;
+    if (need > s->names_cap) {
+        char *nn = realloc(s->names, need);
+        if (nn) {
+            s->names = nn;
+            s->names_cap = need;
+        }
+    }
     for (int c = 0; c < s->ncols; c++) {
         size_t n = names && names[c] ? strlen(names[c]) + 1 : 0;
         s->name_off[c] = UINT16_MAX;
-        if (n && used + n <= NAMES_BUF) {
+        if (n && used + n <= s->names_cap) {
             memcpy(s->names + used, names[c], n);
             s->name_off[c] = (uint16_t)used;
             used += n;
@@ -595,7 +617,7 @@ static void raw_add(N1Session *s, size_t i, const ShapeValue *v)
     if (i != s->ncells)
         return; /* a cell could not be kept: none after it either */
     if (i == s->cells_cap) {
-        size_t cap = s->cells_cap ? s->cells_cap * 2 : 64;
+        size_t cap = s->cells_cap ? s->cells_cap * 2 : 16;
         N1Cell *n = realloc(s->cells, cap * sizeof(*n));
         if (!n)
             return;
@@ -611,8 +633,12 @@ static void raw_add(N1Session *s, size_t i, const ShapeValue *v)
     }
     if (v->len > N1_RAW_MAX || s->raw_used + (size_t)v->len > s->raw_max)
         return;
+    if (v->len == 0) {
+        cell->len = 0; /* an empty string: nothing to copy (raw may not exist yet) */
+        return;
+    }
     if (s->raw_used + (size_t)v->len > s->raw_cap) {
-        size_t cap = s->raw_cap ? s->raw_cap * 2 : 1024;
+        size_t cap = s->raw_cap ? s->raw_cap * 2 : 256;
         uint8_t *n;
         while (cap < s->raw_used + (size_t)v->len)
             cap *= 2;
@@ -787,7 +813,7 @@ bool n1_batch_plan(const N1Session *s, const ShapeInfo *info, const uint64_t *pa
     const N1Run *r;
     int m = n < N1_MAX_PARAMS ? n : N1_MAX_PARAMS;
 
-    if (!info || !s->have_parent || info->hash == s->parent_hash || !s->keep || n <= 0)
+    if (!info || !s->have_parent || info->hash == s->parent_hash || !s->keep || n <= 0 || !s->runs)
         return false;
     r = NULL;
     for (int i = 0; i < N1_MAX_RUNS; i++)

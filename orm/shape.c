@@ -445,6 +445,9 @@ static inline bool tok_begin(Lex *L, unsigned char first, size_t n)
         char prev = L->out[L->o - 1];
         if (prev != '(' && prev != '[' && first != ')' && first != ']' && first != ',')
             L->out[L->o++] = ' ';
+    } else if (first == '$' && L->o > 0 && is_word_char((unsigned char)L->out[L->o - 1])) {
+        /* int'5' is int $1, not the identifier int$1 */
+        L->out[L->o++] = ' ';
     }
     L->space = false;
     L->any = true;
@@ -699,10 +702,14 @@ static size_t scan_list_value(const char *s, size_t len, size_t j, ShapeLitKind 
         return scan_quoted(s, len, j + 1, true);
     }
     if (c == '$' && is_digit(c1)) {
+        /* as lex_dollar reads it: above 65535 is 65535 */
         *kind = SHAPE_LIT_BIND;
-        for (end = j + 1; end < len && is_digit(s[end]) && *bind <= 65535; end++)
-            *bind = *bind * 10 + (uint32_t)(s[end] - '0');
-        return *bind == 0 || *bind > 65535 ? NOT_FOUND : end;
+        for (end = j + 1; end < len && is_digit(s[end]); end++)
+            if (*bind <= 65535)
+                *bind = *bind * 10 + (uint32_t)(s[end] - '0');
+        if (*bind > 65535)
+            *bind = 65535;
+        return *bind == 0 ? NOT_FOUND : end;
     }
     if (number_at(s, len, j) || (c == '-' && number_at(s, len, j + 1))) {
         *kind = SHAPE_LIT_NUMBER;
@@ -845,6 +852,9 @@ static bool lex_dollar(Lex *L)
         }
         if (n > 65535)
             n = 65535;
+        /* $0 refers to no Bind value (PostgreSQL refuses it): kept as written, as in a list */
+        if (n == 0)
+            return lex_verbatim(L, end, true);
         return lit_token(L, i, end, SHAPE_LIT_BIND, n);
     }
     end = scan_dollar(s, L->len, i);

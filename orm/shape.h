@@ -31,6 +31,8 @@
  *  - DATE/TIME/TIMESTAMP/TIMESTAMPTZ/INTERVAL 'x' becomes $n::date etc. so
  *    that the text keeps parsing; 'x'::type keeps its cast as written;
  *  - a trailing ";" is dropped; inner ones stay and count statements;
+ *  - $0 (no Bind parameter) is kept as written, not a value; $n above
+ *    65535 is $65535; a placeholder never touches a word ("int $1");
  *  - strings follow standard_conforming_strings = on (the default since
  *    9.1); adjacent string constants split by a newline are two literals.
  */

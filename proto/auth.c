@@ -635,6 +635,9 @@ static const char *scram_read_server_first(const ScramClient *c, char *buf, cons
         return "malformed SCRAM salt";
     if (!parse_iterations(i, strlen(i), iterations))
         return "invalid SCRAM iteration count";
+    if (*iterations > SCRAM_MAX_ITERATIONS)
+        return "SCRAM iteration count above 1000000 (SCRAM_MAX_ITERATIONS): the proxy would stall "
+               "computing it";
     *nonce = r;
     return NULL;
 }

@@ -15,6 +15,10 @@
 #define SCRAM_DEFAULT_ITERATIONS 4096
 #define SCRAM_NONCE_LEN          24   /* raw bytes before base64 */
 #define SCRAM_MSG_MAX            1024 /* bound on any SCRAM message we build or accept */
+/* Most iterations a server may ask the proxy's client side to compute: the
+ * event loop stalls for them (about 0.5 s at this bound; INT_MAX would be
+ * minutes). PostgreSQL's default is 4096. */
+#define SCRAM_MAX_ITERATIONS 1000000
 
 /* out = "md5" + hex(md5(password || user)), NUL-terminated. */
 void md5_password_hash(const char *password, const char *user, char out[MD5_PASSWD_LEN + 1]);
@@ -94,7 +98,8 @@ typedef struct ScramClient {
 bool scram_client_first(ScramClient *c, char *out, size_t outcap);
 /* The same with a user name in n= (',' and '=' escaped); PostgreSQL ignores it. */
 bool scram_client_first_user(ScramClient *c, const char *user, char *out, size_t outcap);
-/* Take the server-first-message, write the client-final-message into out. */
+/* Take the server-first-message, write the client-final-message into out.
+ * Refuses an iteration count above SCRAM_MAX_ITERATIONS. */
 bool scram_client_final(ScramClient *c, const char *password, const char *msg, size_t len,
                         char *out, size_t outcap, const char **err);
 /* Check the server-final-message's signature. */

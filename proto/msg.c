@@ -148,6 +148,8 @@ static const char *startup_read_params(MsgReader *r, StartupPacket *out)
     return NULL;
 }
 
+const char PROTO_ERR_NO_USER[] = "no PostgreSQL user name specified in startup packet";
+
 const char *proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *out)
 {
     MsgReader r;
@@ -179,7 +181,7 @@ const char *proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *
     if (err)
         return err;
     if (!out->user || out->user[0] == '\0')
-        return "no PostgreSQL user name specified in startup packet";
+        return PROTO_ERR_NO_USER;
     if (!out->database || out->database[0] == '\0')
         out->database = out->user;
     return NULL;
@@ -232,6 +234,43 @@ bool proto_parse_error(const uint8_t *body, size_t len, ProtoError *out)
     if (severity_v)
         out->severity = severity_v;
     return mr_remaining(&r) == 0 && out->severity && out->sqlstate && out->message;
+}
+
+const char *proto_utf8_error(const char *s)
+{
+    const uint8_t *p = (const uint8_t *)s;
+
+    while (*p) {
+        uint32_t cp;
+        int n;
+
+        if (p[0] < 0x80) {
+            p++;
+            continue;
+        }
+        if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+            n = 1;
+            cp = p[0] & 0x1f;
+        } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+            n = 2;
+            cp = p[0] & 0x0f;
+        } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+            n = 3;
+            cp = p[0] & 0x07;
+        } else {
+            return (const char *)p; /* a continuation byte, 0xc0, 0xc1 or above 0xf4 */
+        }
+        for (int i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80) /* also stops at the NUL */
+                return (const char *)p;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return (const char *)p;
+        p += n + 1;
+    }
+    return NULL;
 }
 
 bool proto_frontend_type_known(char type)

@@ -84,6 +84,16 @@ typedef struct StartupPacket {
  * the next call in the same thread).
  */
 const char *proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *out);
+/* The error proto_parse_startup returns for a missing or empty user (PostgreSQL answers it
+ * with SQLSTATE 28000, not 08P01). */
+extern const char PROTO_ERR_NO_USER[];
+
+/*
+ * The first byte of s that does not start a well-formed UTF-8 sequence
+ * (overlong forms, surrogates and code points above U+10FFFF are not), or
+ * NULL when all of s is valid.
+ */
+const char *proto_utf8_error(const char *s);
 
 /* Fields of an ErrorResponse/NoticeResponse worth keeping; pointers into body. */
 typedef struct ProtoError {

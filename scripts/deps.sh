@@ -6,14 +6,22 @@ set -euo pipefail
 
 # Everything the build, the unit and integration tests, the benchmarks and the
 # systemd checks use.
+# libclang-rt-dev holds libFuzzer and the sanitizer runtimes clang links
+# (scripts/fuzz.sh); clang only recommends it, and recommends are not installed.
 REQUIRED=(
-    build-essential cmake pkg-config clang
+    build-essential cmake pkg-config clang libclang-rt-dev
     libevent-dev libssl-dev libpq-dev libhiredis-dev libcmocka-dev libpg-query-dev
     libinih-dev libsystemd-dev libprotobuf-c-dev
     postgresql-15 redis-server pgbouncer
     python3 python3-psycopg2 python3-psycopg python3-sqlalchemy python3-asyncpg python3-django
+    ruby-activerecord ruby-pg
     valgrind systemd
 )
+# tests/integration/test_compat.py runs node-postgres and Sequelize (npm
+# packages it installs itself with `npm ci` in tests/integration/compat): the
+# machine's Node.js and npm when it has them, else Debian's.
+command -v node >/dev/null 2>&1 || REQUIRED+=(nodejs)
+command -v npm >/dev/null 2>&1 || REQUIRED+=(npm)
 # Installed when this Debian release has them (checked with apt-cache policy).
 # prometheus brings promtool, which the admin-port tests use to check /metrics.
 OPTIONAL=(postgresql-contrib prometheus)

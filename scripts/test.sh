@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs missing packages, builds, runs the whole ctest
 # suite (unit + integration against a real PostgreSQL and Redis), then builds
-# with ASan+UBSan and runs the whole suite again. Exits non-zero if anything
-# failed. Works from any directory.
+# with ASan+UBSan and runs the whole suite again, then runs the fuzz targets
+# for a 60 s smoke (scripts/fuzz.sh). Exits non-zero if anything failed.
+# Works from any directory.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -60,6 +61,21 @@ run_suite plain build
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_suite sanitized build-asan --sanitize
+
+# Fuzzing smoke: every libFuzzer target (clang, build-fuzz/) on a copy of its
+# committed corpus, about 60 s in all; each target counts as one test.
+echo "=== fuzz: smoke"
+FUZZ_TOTAL=60 bash "$root/scripts/fuzz.sh" 2>&1 | tee "$logdir/fuzz.log"
+fuzz_rc=${PIPESTATUS[0]}
+fuzz_ok=$(grep -cE '^fuzz [a-z_]+ +ok ' "$logdir/fuzz.log" || true)
+fuzz_failed=$(grep -cE '^fuzz [a-z_]+ +FAILED ' "$logdir/fuzz.log" || true)
+passed_total=$((passed_total + fuzz_ok))
+failed_total=$((failed_total + fuzz_failed))
+if [ "$fuzz_rc" -ne 0 ]; then
+    failed+=("fuzz smoke")
+    [ "$fuzz_failed" -gt 0 ] || failed_total=$((failed_total + 1))
+    status=1
+fi
 
 if [ $status -ne 0 ]; then
     echo "=== FAILED: ${failed[*]}"

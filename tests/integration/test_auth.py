@@ -79,6 +79,13 @@ class ScramClientAuthTest(AuthCase):
             c.login("app_secret", "secretdb", "secret_pw")
             self.assertEqual(c.auth_requests[0], AUTH_SASL)
 
+    def test_logins_while_a_server_is_idle(self):
+        """Regression: the client's last SASL message was still in the input
+        when its login completed, and went to the idle server its first query
+        was given (PostgreSQL then ended that backend)."""
+        for _ in range(3):
+            self.assert_login("app_scram", "scram_pw")
+
     def test_wrong_password(self):
         self.assert_refused("app_scram", "not_scram_pw")
         with self.proxy.raw() as c:
@@ -112,6 +119,13 @@ class Md5ClientAuthTest(AuthCase):
     def test_md5_hash_entry_both_ends(self):
         self.assert_login("app_md5", "md5_pw")
         self.assertEqual(self.first_auth_request("app_md5", "md5_pw"), AUTH_MD5)
+
+    def test_logins_while_a_server_is_idle(self):
+        """Regression: the client's password message was still in the input
+        when its login completed, and went to the idle server its first query
+        was given."""
+        for _ in range(3):
+            self.assert_login("app_md5", "md5_pw")
 
     def test_wrong_password(self):
         self.assert_refused("app_scram", "not_scram_pw")

@@ -355,7 +355,10 @@ class NoFalsePositivesTest(N1Case):
     def test_no_n1_reported(self):
         conn = self.proxy.connect(autocommit=True)
         cur = conn.cursor()
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS log_t (user_id int, note text)")
+        # a plain table: a temp table does not survive transaction pooling (pgcoalesce
+        # resets the backend after the statement that made it)
+        cur.execute("DROP TABLE IF EXISTS log_t")
+        cur.execute("CREATE TABLE log_t (user_id int, note text)")
         # executemany inserts keyed by the rows just read (writes are absorbed)
         cur.execute("SELECT id FROM users ORDER BY id")
         ids = [r[0] for r in cur.fetchall()]
@@ -434,7 +437,8 @@ class NoFalsePositivesTest(N1Case):
         """psycopg 3 pipeline mode: many statements in flight at once; each is
         counted once and the answers are the client's."""
         with self.proxy.connect3(autocommit=True) as c3:
-            c3.execute("CREATE TEMP TABLE pipe_t (i int)")
+            c3.execute("DROP TABLE IF EXISTS pipe_t")
+            c3.execute("CREATE TABLE pipe_t (i int)")
             with c3.pipeline():
                 c3.cursor().executemany("INSERT INTO pipe_t VALUES (%s)",
                                         [(i,) for i in range(60)])

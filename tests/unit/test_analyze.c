@@ -225,6 +225,24 @@ static void test_page_params(void **state)
     shape_info_unref(info);
 }
 
+/* TYPE 'x' shapes as "type $n", which libpg_query reads as a cast of $n:
+ * not a key, since batching would write "type pgc_k.pgc_val" (found by
+ * fuzz_batch). The cast forms are keys. */
+static void test_typed_literal_keys(void **state)
+{
+    ShapeInfo *info =
+        analyze("SELECT * FROM t WHERE id = uuid 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'");
+
+    assert_int_equal(info->nkeys, 0);
+    assert_false(info->batchable);
+    shape_info_unref(info);
+    info = analyze("SELECT * FROM t WHERE id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AND "
+                   "n = CAST($1 AS int)");
+    assert_int_equal(info->nkeys, 2);
+    assert_true(info->batchable);
+    shape_info_unref(info);
+}
+
 static void test_update_delete_keys(void **state)
 {
     ShapeInfo *info = analyze("DELETE FROM sessions s WHERE s.token = 'x'");
@@ -337,11 +355,12 @@ static void test_table_eviction(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_corpus_analysis),       cmocka_unit_test(test_flags),
-        cmocka_unit_test(test_tables_and_aliases),    cmocka_unit_test(test_output_columns),
-        cmocka_unit_test(test_page_params),           cmocka_unit_test(test_update_delete_keys),
-        cmocka_unit_test(test_unknown_keeps_text),    cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_table_hits_and_misses), cmocka_unit_test(test_table_eviction),
+        cmocka_unit_test(test_corpus_analysis),    cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_tables_and_aliases), cmocka_unit_test(test_output_columns),
+        cmocka_unit_test(test_page_params),        cmocka_unit_test(test_update_delete_keys),
+        cmocka_unit_test(test_typed_literal_keys), cmocka_unit_test(test_unknown_keeps_text),
+        cmocka_unit_test(test_deep_nesting),       cmocka_unit_test(test_table_hits_and_misses),
+        cmocka_unit_test(test_table_eviction),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -96,6 +96,25 @@ static void test_sql_trailing(void **state)
     free(out);
 }
 
+/* Empty statements around the child stay out of the subquery: ";SELECT ..." and
+ * "...; -- comment" are one statement each (found by fuzz_batch). Two are refused. */
+static void test_sql_empty_statements(void **state)
+{
+    const char *sql = ";;\r\n SELECT * FROM t WHERE k = 7; -- done";
+    const char *two = "SELECT 1; SELECT * FROM t WHERE k = 7";
+    ShapeLit lit = lit_of(sql, 1);
+    char *out;
+
+    (void)state;
+    assert_true(batch_sql(sql, strlen(sql), &lit, 1, "pg_catalog.int4", true, &out));
+    assert_non_null(strstr(
+        out, "LATERAL (\r\n SELECT * FROM t WHERE k =  pgc_k.pgc_val \nOFFSET 0\n) AS pgc_s"));
+    free(out);
+    lit = lit_of(two, 2);
+    assert_false(batch_sql(two, strlen(two), &lit, 1, "pg_catalog.int4", true, &out));
+    assert_null(out);
+}
+
 /* A $n used twice cannot be replaced in one place only. */
 static void test_sql_bind_twice(void **state)
 {
@@ -259,11 +278,17 @@ static void test_cut_rowdesc(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_type_names),           cmocka_unit_test(test_sql_literal_key),
-        cmocka_unit_test(test_sql_bind_key),         cmocka_unit_test(test_sql_trailing),
-        cmocka_unit_test(test_sql_bind_twice),       cmocka_unit_test(test_array_text),
-        cmocka_unit_test(test_array_empty_and_full), cmocka_unit_test(test_array_binary),
-        cmocka_unit_test(test_cut_row_text),         cmocka_unit_test(test_cut_row_binary_and_bad),
+        cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_sql_literal_key),
+        cmocka_unit_test(test_sql_bind_key),
+        cmocka_unit_test(test_sql_trailing),
+        cmocka_unit_test(test_sql_bind_twice),
+        cmocka_unit_test(test_sql_empty_statements),
+        cmocka_unit_test(test_array_text),
+        cmocka_unit_test(test_array_empty_and_full),
+        cmocka_unit_test(test_array_binary),
+        cmocka_unit_test(test_cut_row_text),
+        cmocka_unit_test(test_cut_row_binary_and_bad),
         cmocka_unit_test(test_cut_rowdesc),
     };
 

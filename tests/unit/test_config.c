@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 44
+#define NSETTINGS 46
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -168,6 +168,10 @@ static const BadCase bad_cases[] = {
      "pre_ping_idle must be a number of seconds from 0 to 2147483, not \"-1\""},
     {"[pgcoalesce]\nclient_login_timeout = soon\n", NULL, "pgcoalesce.ini", 2,
      "client_login_timeout must be a number of seconds from 0 to 2147483, not \"soon\""},
+    {"[pgcoalesce]\nidle_transaction_timeout = -1\n", NULL, "pgcoalesce.ini", 2,
+     "idle_transaction_timeout must be a number of seconds from 0 to 2147483, not \"-1\""},
+    {"[pgcoalesce]\nclient_write_timeout = 1h\n", NULL, "pgcoalesce.ini", 2,
+     "client_write_timeout must be a number of seconds from 0 to 2147483, not \"1h\""},
     {"[pgcoalesce]\nmax_packet_size = 1023\n", NULL, "pgcoalesce.ini", 2,
      "max_packet_size must be an integer from 1024 to 1073741824, not \"1023\""},
     {"[pgcoalesce]\nmax_packet_size = 1073741825\n", NULL, "pgcoalesce.ini", 2,
@@ -429,6 +433,8 @@ static void test_defaults(void **state)
     assert_true(cfg->pre_ping_idle == 1.0);
     assert_int_equal(cfg->max_client_conn, 10000);
     assert_true(cfg->client_login_timeout == 60.0);
+    assert_true(cfg->client_write_timeout == 0.0);
+    assert_true(cfg->idle_transaction_timeout == 0.0);
     assert_true(cfg->server_connect_timeout == 15.0);
     assert_int_equal(cfg->max_packet_size, 268435456);
     assert_int_equal(cfg->log_level, LOG_INFO);
@@ -499,6 +505,8 @@ static void test_full_config(void **state)
     assert_true(cfg->pre_ping_idle == 0.25);
     assert_int_equal(cfg->max_client_conn, 500);
     assert_true(cfg->client_login_timeout == 0.0);
+    assert_true(cfg->client_write_timeout == 1.5);
+    assert_true(cfg->idle_transaction_timeout == 120.0);
     assert_true(cfg->server_connect_timeout == 0.5);
     assert_int_equal(cfg->max_packet_size, 1048576);
     assert_int_equal(cfg->log_level, LOG_DEBUG);
@@ -514,7 +522,7 @@ static void test_full_config(void **state)
     assert_int_equal(db->pool_size, 20);
     assert_int_equal(db->max_overflow, 3);
     assert_int_equal(db->pool_mode, POOL_TRANSACTION);
-    assert_int_equal(db->line, 50);
+    assert_int_equal(db->line, 52);
     db = &cfg->dbs[1];
     assert_string_equal(db->name, "reports");
     assert_string_equal(db->host, "/var/run/postgresql");
@@ -523,7 +531,7 @@ static void test_full_config(void **state)
     assert_string_equal(db->user, "back\\slash");
     assert_null(db->password);
     assert_int_equal(db->pool_size, -1);
-    assert_int_equal(db->line, 51);
+    assert_int_equal(db->line, 53);
     db = &cfg->dbs[2];
     assert_string_equal(db->name, "*");
     assert_string_equal(db->host, "127.0.0.1");
@@ -936,6 +944,8 @@ static const struct {
     {"pre_ping_idle", "1", true, "0.25"},
     {"max_client_conn", "10000", true, "500"},
     {"client_login_timeout", "60", true, "0"},
+    {"client_write_timeout", "0", true, "1.5"},
+    {"idle_transaction_timeout", "0", true, "120"},
     {"server_connect_timeout", "15", true, "0.5"},
     {"max_packet_size", "268435456", true, "1048576"},
     {"max_prepared_statements", "200", true, "50"},

@@ -611,6 +611,27 @@ static void test_batch_plan(void **state)
     sim_close(&m);
 }
 
+/* An empty string as the first value kept (nothing allocated yet) is kept as empty. */
+static void test_batch_keeps_empty_values(void **state)
+{
+    static const char *const cols[] = {"s", "t"};
+    const ShapeValue cells[] = {{"", 0}, {"x", 1}, {NULL, -1}, {"", 0}};
+    const uint8_t *v;
+    Sim m;
+
+    (void)state;
+    sim_open(&m, 16, 5, 1000);
+    n1_session_keep_values(m.s, true);
+    exec_full(&m, "SELECT s, t FROM strings", NULL, 0, 2, cols, cells, 2, 100);
+    assert_int_equal(n1_parent_rows(m.s), 2);
+    assert_int_equal(n1_parent_value(m.s, 0, 0, &v), 0);
+    assert_int_equal(n1_parent_value(m.s, 0, 1, &v), 1);
+    assert_memory_equal(v, "x", 1);
+    assert_int_equal(n1_parent_value(m.s, 1, 0, &v), -1);
+    assert_int_equal(n1_parent_value(m.s, 1, 1, &v), 0);
+    sim_close(&m);
+}
+
 /* Without keep_values nothing is kept, and nothing is planned. */
 static void test_batch_plan_needs_values(void **state)
 {
@@ -642,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_sqlalchemy_one_to_many),
         cmocka_unit_test(test_batch_plan),
         cmocka_unit_test(test_batch_plan_needs_values),
+        cmocka_unit_test(test_batch_keeps_empty_values),
         cmocka_unit_test(test_sqlalchemy_many_to_one_skips),
         cmocka_unit_test(test_django_interleaved),
         cmocka_unit_test(test_binary_binds),

@@ -791,6 +791,46 @@ static void test_frontend_types(void **state)
     assert_int_equal(count, (int)strlen(known));
 }
 
+/* ---- UTF-8 ----------------------------------------------------------- */
+
+static void test_utf8(void **state)
+{
+    static const char *const good[] = {"",
+                                       "app",
+                                       "caf\xc3\xa9",
+                                       "\xe2\x82\xac",
+                                       "\xf0\x9f\x90\x98",
+                                       "\xef\xbf\xbf",
+                                       "\xf4\x8f\xbf\xbf",
+                                       "a\tb\nc"};
+    static const struct {
+        const char *s;
+        size_t bad_at;
+    } bad[] = {
+        {"\xff", 0},             /* never valid */
+        {"ab\x80", 2},           /* a lone continuation byte */
+        {"caf\xc3", 3},          /* cut short by the end */
+        {"\xc3(", 0},            /* a continuation byte missing */
+        {"\xc0\xaf", 0},         /* overlong '/' */
+        {"x\xe0\x80\xaf", 1},    /* overlong, three bytes */
+        {"\xf0\x80\x80\xaf", 0}, /* overlong, four bytes */
+        {"\xed\xa0\x80", 0},     /* a UTF-16 surrogate */
+        {"\xf4\x90\x80\x80", 0}, /* above U+10FFFF */
+        {"\xf5\x80\x80\x80", 0}, /* lead byte above 0xf4 */
+        {"ok\xe2\x82", 2},       /* three-byte sequence cut short */
+    };
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        if (proto_utf8_error(good[i]))
+            fail_msg("good[%zu] refused", i);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *at = proto_utf8_error(bad[i].s);
+        if (!at)
+            fail_msg("bad[%zu] accepted", i);
+        assert_int_equal((size_t)(at - bad[i].s), bad[i].bad_at);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -814,6 +854,7 @@ int main(void)
         cmocka_unit_test(test_build_frontend_messages),
         cmocka_unit_test(test_build_startup_packets),
         cmocka_unit_test(test_frontend_types),
+        cmocka_unit_test(test_utf8),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

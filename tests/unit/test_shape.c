@@ -338,6 +338,37 @@ static void test_binds_and_literals(void **state)
     assert_true(h[0] == SHAPE_HASH_NULL);
 }
 
+/* $0 refers to no Bind parameter: kept as written, no value with bind 0, the
+ * same inside IN lists; a $n above 65535 is $65535 inside IN lists too. The
+ * shape is its own shape (found by fuzz_shape). */
+static void test_dollar_out_of_range(void **state)
+{
+    const char *sql = "SELECT * FROM t WHERE a = $0::int AND b = $00 AND c = $1 AND d = $65536";
+
+    expect_text(sql, "select * from t where a = $0::int and b = $00 and c = $1 and d = $2");
+    assert_int_equal(sb->nlits, 2);
+    assert_int_equal(sb->lits[0].kind, SHAPE_LIT_BIND);
+    assert_int_equal(sb->lits[0].bind, 1);
+    assert_int_equal(sb->lits[1].bind, 65535);
+    assert_int_equal(sb->max_bind, 65535);
+    expect_text("select * from t where a = $0::int and b = $00 and c = $1 and d = $2",
+                "select * from t where a = $0::int and b = $00 and c = $1 and d = $2");
+    expect_text("SELECT 1 WHERE x IN ($1333333, $2, $3)", "select $1 where x in ($2 /*, ... */)");
+    assert_int_equal(sb->lits[1].bind, 65535);
+    expect_text("SELECT 1 WHERE x IN ($0, $2)", "select $1 where x in ($0, $2)");
+}
+
+/* A literal written against a word keeps apart from it: "int$1" would be
+ * one identifier (found by fuzz_shape: a shape must be its own shape). */
+static void test_literal_after_word(void **state)
+{
+    expect_text("SELECT int'5', U'x', foo$1, $1$2, 5'a'",
+                "select int $1, u $2, foo$1, $3 $4, $5 $6");
+    assert_int_equal(sb->nlits, 6);
+    expect_text("select int $1, u $2, foo$1, $3 $4, $5 $6",
+                "select int $1, u $2, foo$1, $3 $4, $5 $6");
+}
+
 static void test_value_hashes(void **state)
 {
     const char *sql =
@@ -483,6 +514,8 @@ int main(void)
         cmocka_unit_test(test_in_lists),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_binds_and_literals),
+        cmocka_unit_test(test_dollar_out_of_range),
+        cmocka_unit_test(test_literal_after_word),
         cmocka_unit_test(test_value_hashes),
         cmocka_unit_test(test_multi_statement),
         cmocka_unit_test(test_hash_distinct),
