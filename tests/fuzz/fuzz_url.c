@@ -5,8 +5,8 @@
  * Input: URL FUZZ_SEP listen address (absent: the default). Checks: a
  * config comes back with its one "*" database, or an error message that
  * never shows the URL's password: when the URL's userinfo is
- * "user:s3cr3tPW" and s3cr3tPW is nowhere else in it, "s3cr3tPW" must not be
- * in the message.
+ * "user:s3cr3tPW" and s3cr3tPW is nowhere else in it nor in the listen
+ * address, "s3cr3tPW" must not be in the message.
  */
 #include "tests/fuzz/fuzz.h"
 
@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         config_free(cfg);
     } else {
         FUZZ_CHECK(err[0] != '\0' && memchr(err, 0, sizeof(err)));
-        if (has_password(url) && strstr(err, PASSWORD)) {
+        if (has_password(url) && !(listen && strstr(listen, PASSWORD)) && strstr(err, PASSWORD)) {
             fprintf(stderr, "url: %s\nerror: %s\n", url, err);
             FUZZ_CHECK(!"the password is never in an error message");
         }
