@@ -37,7 +37,6 @@
 #include "orm/batch.h"
 #include "proto/msg.h"
 
-#define BATCH_MAX_EXEC     65536       /* longest execution looked at */
 #define BATCH_MAX_BYTES    (16u << 20) /* answer bytes one prefetch may hold */
 #define BATCH_MAX_MSG      (16u << 20) /* longest server message read whole */
 #define BATCH_MAX_FAILURES 3           /* failed batches before a shape is given up on */
@@ -235,7 +234,7 @@ static PfKey *pf_lookup(OrmPrefetch *pf, uint64_t h)
  */
 
 typedef struct Exec {
-    uint8_t *buf; /* the execution's bytes, copied */
+    uint8_t *buf; /* the execution's bytes, copied into the worker's scratch (ow->msg) */
     size_t bytes; /* its length in the client's input */
     bool simple;  /* a Query; else [Parse] Bind [Describe] Execute Sync */
     bool has_parse, has_describe;
@@ -250,13 +249,7 @@ typedef struct Exec {
 
 static void exec_free(Exec *x)
 {
-    free(x->buf);
     orm_stmt_release(&x->stmt);
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
 /*
@@ -274,29 +267,24 @@ static BatchResult exec_read(Client *c, Exec *x)
     uint8_t type_prev = 0;
 
     memset(x, 0, sizeof(*x));
-    n = avail < BATCH_MAX_EXEC ? avail : BATCH_MAX_EXEC;
+    n = avail < ORM_MAX_MSG ? avail : ORM_MAX_MSG;
     if (n < PROTO_HDR_LEN)
         return BATCH_INPUT;
-    x->buf = malloc(n);
-    if (!x->buf)
-        return BATCH_PASS;
+    x->buf = c->w->orm->msg; /* the worker's one-message scratch: used and forgotten */
     evbuffer_copyout(in, x->buf, n);
     for (int i = 0;; i++) {
-        uint8_t type, prev = i > 0 ? type_prev : 0;
+        char type, prev = i > 0 ? (char)type_prev : 0;
         uint32_t len;
         const uint8_t *body;
         if (at + PROTO_HDR_LEN > n)
             return avail > n ? BATCH_PASS : BATCH_INPUT;
-        type = x->buf[at];
-        len = be32(x->buf + at + 1);
-        if (len < 4)
-            return BATCH_PASS;
-        len -= 4;
+        if (proto_frame_header(x->buf + at, ORM_MAX_MSG - PROTO_HDR_LEN, &type, &len) != FRAME_OK)
+            return BATCH_PASS; /* too long to look at, or bad: client_process deals with it */
         if (at + PROTO_HDR_LEN + len > n)
             return avail > n ? BATCH_PASS : BATCH_INPUT;
         body = x->buf + at + PROTO_HDR_LEN;
         at += PROTO_HDR_LEN + len;
-        type_prev = type;
+        type_prev = (uint8_t)type;
         if (i == 0 && type == 'Q') {
             x->simple = true;
             x->text = (const char *)body;
@@ -313,7 +301,7 @@ static BatchResult exec_read(Client *c, Exec *x)
         } else if (type == 'D' && bind && !x->has_describe && len == 2 && body[0] == 'P' &&
                    body[1] == 0) {
             x->has_describe = true;
-        } else if (type == 'E' && bind && len == 5 && body[0] == 0 && be32(body + 1) == 0) {
+        } else if (type == 'E' && bind && len == 5 && memcmp(body, "\0\0\0\0\0", 5) == 0) {
             continue;
         } else if (type == 'S' && prev == 'E') {
             break;
@@ -532,9 +520,34 @@ static void put_learn(PktBuf *p, const ShapeInfo *info)
     pkt_end(p);
 }
 
-static int16_t be16(const uint8_t *p)
+/* The parts of a client's Bind body after its two names. */
+typedef struct BindParts {
+    int nfmt, nvals, nres;
+    const uint8_t *fmts; /* nfmt int16, as sent */
+    const uint8_t *vals; /* nvals (int32 length, bytes), as sent */
+    size_t vals_len;
+    const uint8_t *res; /* nres int16, as sent */
+} BindParts;
+
+static bool read_bind(const uint8_t *body, size_t len, BindParts *bp)
 {
-    return (int16_t)((p[0] << 8) | p[1]);
+    MsgReader r;
+
+    mr_init(&r, body, len);
+    bp->nfmt = mr_i16(&r);
+    bp->fmts = mr_bytes(&r, 2 * (size_t)(bp->nfmt > 0 ? bp->nfmt : 0));
+    bp->nvals = mr_i16(&r);
+    bp->vals = r.p + r.pos;
+    for (int i = 0; i < bp->nvals && !r.bad; i++) {
+        int32_t l = mr_i32(&r);
+        if (l > 0)
+            mr_bytes(&r, (size_t)l);
+    }
+    bp->vals_len = (size_t)(r.p + r.pos - bp->vals);
+    bp->nres = mr_i16(&r);
+    bp->res = mr_bytes(&r, 2 * (size_t)(bp->nres > 0 ? bp->nres : 0));
+    return !r.bad && bp->nfmt >= 0 && bp->nvals >= 0 && bp->nres >= 0 &&
+           (bp->nfmt <= 1 || bp->nfmt == bp->nvals);
 }
 
 /*
@@ -545,59 +558,28 @@ static int16_t be16(const uint8_t *p)
 static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
 {
     const char *tname = batch_type_name(b->type_oid);
-    const uint8_t *q = b->bind, *end = b->bind + b->bind_len;
-    const uint8_t *fmts = NULL, *vals = NULL, *res = NULL;
-    int nfmt = 0, nvals = 0, nres = 0, ntypes = 0, keyidx = -1;
-    size_t vals_len = 0, arr_len;
+    BindParts bp = {0};
+    MsgReader types;
+    int ntypes = 0, keyidx = -1;
+    size_t arr_len;
     char *sql, *arr;
     uint32_t array_param = 1;
 
     if (!tname)
         return false;
     if (!b->simple) {
-        /* the client's Bind: formats, values, result formats */
-        if (end - q < 2)
-            return false;
-        nfmt = be16(q);
-        q += 2;
-        if (nfmt < 0 || end - q < 2 * nfmt + 2)
-            return false;
-        fmts = q;
-        q += 2 * nfmt;
-        nvals = be16(q);
-        q += 2;
-        vals = q;
-        for (int i = 0; i < nvals; i++) {
-            int32_t l;
-            if (end - q < 4)
-                return false;
-            l = (int32_t)be32(q);
-            q += 4;
-            if (l > 0) {
-                if (end - q < l)
-                    return false;
-                q += l;
-            }
-        }
-        vals_len = (size_t)(q - vals);
-        if (end - q < 2)
-            return false;
-        nres = be16(q);
-        q += 2;
-        if (nres < 0 || end - q < 2 * nres)
-            return false;
-        res = q;
-        if (nvals < 0 || (nfmt > 1 && nfmt != nvals))
+        if (!read_bind(b->bind, b->bind_len, &bp))
             return false;
         if (b->lit.kind == SHAPE_LIT_BIND) {
-            if (b->lit.bind < 1 || b->lit.bind > nvals)
+            if (b->lit.bind < 1 || b->lit.bind > bp.nvals)
                 return false;
             keyidx = b->lit.bind - 1;
         }
-        ntypes = b->types_len >= 2 ? be16(b->types) : 0;
-        if (ntypes < 0 || ntypes > nvals || b->types_len < 2 + 4 * (size_t)ntypes)
+        mr_init(&types, b->types, b->types_len);
+        ntypes = b->types_len >= 2 ? mr_i16(&types) : 0;
+        if (ntypes < 0 || ntypes > bp.nvals || mr_remaining(&types) < 4 * (size_t)ntypes)
             return false;
-        array_param = (uint32_t)nvals + 1;
+        array_param = (uint32_t)bp.nvals + 1;
     }
     arr = key_array(c, b, &arr_len);
     if (!arr) {
@@ -617,12 +599,10 @@ static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
     } else {
         /* the client's declared types; the key's own $n is no longer used, so
          * it must have one: text when the client left it open */
-        pkt_put_i16(p, (int16_t)(nvals + 1));
-        for (int i = 0; i < nvals; i++) {
-            uint32_t oid = i < ntypes ? be32(b->types + 2 + 4 * i) : 0;
-            if (i == keyidx && oid == 0)
-                oid = 25;
-            pkt_put_i32(p, (int32_t)oid);
+        pkt_put_i16(p, (int16_t)(bp.nvals + 1));
+        for (int i = 0; i < bp.nvals; i++) {
+            int32_t oid = i < ntypes ? mr_i32(&types) : 0;
+            pkt_put_i32(p, i == keyidx && oid == 0 ? 25 : oid);
         }
         pkt_put_i32(p, 0);
     }
@@ -632,43 +612,42 @@ static bool put_batch(Client *c, OrmBatch *b, PktBuf *p)
     pkt_begin(p, 'B');
     pkt_put_u8(p, 0);
     pkt_put_str(p, BATCH_STMT);
-    if (b->simple || nfmt == 0) {
+    if (b->simple || bp.nfmt == 0) {
         pkt_put_i16(p, 0);
     } else {
-        pkt_put_i16(p, (int16_t)(nvals + 1));
-        for (int i = 0; i < nvals; i++)
-            pkt_put_i16(p, be16(fmts + 2 * (nfmt == 1 ? 0 : i)));
+        pkt_put_i16(p, (int16_t)(bp.nvals + 1));
+        for (int i = 0; i < bp.nvals; i++)
+            pkt_put_bytes(p, bp.fmts + 2 * (bp.nfmt == 1 ? 0 : i), 2);
         pkt_put_i16(p, 0);
     }
-    pkt_put_i16(p, (int16_t)(nvals + 1));
+    pkt_put_i16(p, (int16_t)(bp.nvals + 1));
     if (!b->simple) {
         /* the values, the key's replaced by NULL */
-        const uint8_t *v = vals;
-        for (int i = 0; i < nvals; i++) {
-            int32_t l = (int32_t)be32(v);
-            size_t sz = 4 + (size_t)(l > 0 ? l : 0);
+        MsgReader v;
+        mr_init(&v, bp.vals, bp.vals_len);
+        for (int i = 0; i < bp.nvals; i++) {
+            const uint8_t *at = v.p + v.pos;
+            int32_t l = mr_i32(&v);
+            if (l > 0)
+                mr_bytes(&v, (size_t)l);
             if (i == keyidx)
                 pkt_put_i32(p, -1);
             else
-                pkt_put_bytes(p, v, sz);
-            v += sz;
+                pkt_put_bytes(p, at, (size_t)(v.p + v.pos - at));
         }
-        (void)vals_len;
     }
     pkt_put_i32(p, (int32_t)arr_len);
     pkt_put_bytes(p, arr, arr_len);
     free(arr);
-    if (nres == 0) {
-        pkt_put_i16(p, 0);
-    } else if (nres == 1) {
-        pkt_put_i16(p, 1);
-        pkt_put_i16(p, be16(res));
-        b->ord_binary = be16(res) == 1;
+    if (bp.nres <= 1) {
+        /* none (all text) or one code for all: the ordinality in that format too */
+        pkt_put_i16(p, (int16_t)bp.nres);
+        pkt_put_bytes(p, bp.res, 2 * (size_t)bp.nres);
+        b->ord_binary = bp.nres == 1 && bp.res[0] == 0 && bp.res[1] == 1;
     } else {
-        pkt_put_i16(p, (int16_t)(nres + 1));
+        pkt_put_i16(p, (int16_t)(bp.nres + 1));
         pkt_put_i16(p, 0);
-        for (int i = 0; i < nres; i++)
-            pkt_put_i16(p, be16(res + 2 * i));
+        pkt_put_bytes(p, bp.res, 2 * (size_t)bp.nres);
     }
     pkt_end(p);
 
@@ -1051,27 +1030,31 @@ static void batch_rowdesc(OrmBatch *b, const uint8_t *body, uint32_t len)
 /* SHOW transaction_isolation: a snapshot that cannot move keeps answers valid. */
 static void batch_isolation(OrmBatch *b, const uint8_t *body, uint32_t len)
 {
-    static const char rr[] = "repeatable read", ser[] = "serializable";
+    MsgReader r;
+    const char *v;
     int32_t n;
 
-    if (len < 6 || be16(body) != 1)
+    mr_init(&r, body, len);
+    if (mr_i16(&r) != 1 || (n = mr_i32(&r)) < 0 || !(v = (const char *)mr_bytes(&r, (size_t)n)))
         return;
-    n = (int32_t)be32(body + 2);
-    if (n < 0 || (uint32_t)n > len - 6)
-        return;
-    b->pf->fixed_snapshot = ((size_t)n == sizeof(rr) - 1 && memcmp(body + 6, rr, (size_t)n) == 0) ||
-                            ((size_t)n == sizeof(ser) - 1 && memcmp(body + 6, ser, (size_t)n) == 0);
+    b->pf->fixed_snapshot =
+        ((size_t)n == strlen("repeatable read") && memcmp(v, "repeatable read", (size_t)n) == 0) ||
+        ((size_t)n == strlen("serializable") && memcmp(v, "serializable", (size_t)n) == 0);
 }
 
+/* ParameterDescription of the normalised child: the key's type. */
 static void batch_types(OrmBatch *b, const uint8_t *body, uint32_t len)
 {
-    int n;
+    MsgReader r;
+    int32_t oid = 0;
 
-    if (len < 2)
+    mr_init(&r, body, len);
+    if (mr_i16(&r) <= b->key_param)
         return;
-    n = be16(body);
-    if (b->key_param < n && len >= 2 + 4 * (uint32_t)(b->key_param + 1))
-        b->type_oid = be32(body + 2 + 4 * b->key_param);
+    for (int i = 0; i <= b->key_param; i++)
+        oid = mr_i32(&r);
+    if (!r.bad)
+        b->type_oid = (uint32_t)oid;
 }
 
 /* After the batch: let the client carry on. False when s is no longer the client's. */
