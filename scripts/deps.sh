@@ -9,7 +9,7 @@ set -euo pipefail
 # libclang-rt-dev holds libFuzzer and the sanitizer runtimes clang links
 # (scripts/fuzz.sh); clang only recommends it, and recommends are not installed.
 REQUIRED=(
-    build-essential cmake pkg-config clang libclang-rt-dev
+    build-essential cmake pkg-config clang clang-format libclang-rt-dev
     libevent-dev libssl-dev libpq-dev libhiredis-dev libcmocka-dev libpg-query-dev
     libinih-dev libsystemd-dev libprotobuf-c-dev
     postgresql-15 redis-server pgbouncer
