@@ -99,6 +99,12 @@ static const EnumWord n1_mode_words[] = {
     {NULL, 0},
 };
 
+static const EnumWord cache_inval_words[] = {
+    {"proxy", CACHE_INVAL_PROXY},
+    {"replication", CACHE_INVAL_REPLICATION},
+    {NULL, 0},
+};
+
 static const EnumWord tls_version_words[] = {
     {"tlsv1.2", TLS_V1_2},
     {"tlsv1.3", TLS_V1_3},
@@ -165,6 +171,18 @@ static const char *check_ident(const char *v)
     return NULL;
 }
 
+/* redis://[:password@]host[:port][/db], rediss is not supported; unix:/path[?db=N]. */
+static const char *check_cache_url(const char *v)
+{
+    if (*v == '\0')
+        return NULL;
+    if (strncmp(v, "redis://", 8) == 0 && v[8] != '\0')
+        return NULL;
+    if (strncmp(v, "unix:/", 6) == 0)
+        return NULL;
+    return "empty, redis://[:password@]host[:port][/db] or unix:/path/to/redis.sock[?db=N]";
+}
+
 #define CFG(field) .offset = offsetof(Config, field)
 
 /* THE settings table: order here is the order of SHOW CONFIG and of the docs. */
@@ -222,6 +240,17 @@ static const Setting settings[] = {
     {"n1_prefetch_ttl", ST_DOUBLE, CFG(n1_prefetch_ttl), "0.1", true, 0, SECONDS_MAX,
      .above_min = true},
     {"shape_cache_size", ST_INT, CFG(shape_cache_size), "10000", false, 1, 10000000},
+    {"cache_url", ST_STRING, CFG(cache_url), "", false, .check = check_cache_url},
+    {"cache_connect_timeout", ST_DOUBLE, CFG(cache_connect_timeout), "1", true, 0, SECONDS_MAX,
+     .above_min = true},
+    {"cache_timeout", ST_DOUBLE, CFG(cache_timeout), "0.005", true, 0, SECONDS_MAX,
+     .above_min = true},
+    {"cache_ttl", ST_INT, CFG(cache_ttl), "300", true, 1, 31536000},
+    {"cache_max_value", ST_INT, CFG(cache_max_value), "65536", true, 64, 536870912},
+    {"cache_invalidation", ST_ENUM, CFG(cache_invalidation), "proxy", false,
+     .words = cache_inval_words},
+    {"cache_publication", ST_STRING, CFG(cache_publication), "", false},
+    {"cache_namespace", ST_STRING, CFG(cache_namespace), "pgc", false, .check = check_ident},
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))

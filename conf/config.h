@@ -32,6 +32,9 @@ typedef enum { LOG_ERROR = 0, LOG_WARNING = 1, LOG_INFO = 2, LOG_DEBUG = 3 } Log
  * statement statistics), batch (detect, and later answer N+1 runs with one
  * batched query; until then the same as detect). */
 typedef enum { N1_MODE_OFF = 0, N1_MODE_DETECT = 1, N1_MODE_BATCH = 2 } N1Mode;
+/* How the identity-map cache learns of writes: only those passing through
+ * the proxy, or also every other one through logical replication. */
+typedef enum { CACHE_INVAL_PROXY = 0, CACHE_INVAL_REPLICATION = 1 } CacheInvalidation;
 
 /* One [databases] entry. Unset numeric overrides are -1, strings NULL. */
 typedef struct DbConf {
@@ -102,6 +105,15 @@ typedef struct Config {
     int n1_batch_max;       /* keys per batched statement */
     double n1_prefetch_ttl; /* seconds a prefetched answer may be used */
     int shape_cache_size;   /* analysed shapes kept per worker (also SHOW QUERIES rows) */
+    /* identity-map cache (daemon/cache.c); cache_url empty = no cache */
+    char *cache_url;               /* redis://[:password@]host[:port][/db] or unix:/path[?db=N] */
+    double cache_connect_timeout;  /* seconds */
+    double cache_timeout;          /* seconds a lookup may take before it is bypassed */
+    int cache_ttl;                 /* seconds an answer lives in Redis */
+    int cache_max_value;           /* bytes; larger answers are not stored */
+    CacheInvalidation cache_invalidation;
+    char *cache_publication;       /* replication: publication to use; empty = the proxy's own */
+    char *cache_namespace;         /* prefix of every Redis key and channel */
 
     DbConf *dbs;
     int ndbs;

@@ -220,7 +220,10 @@ class Postgres:
                 "fsync = off\n"
                 "synchronous_commit = off\n"
                 "full_page_writes = off\n"
-                "shared_buffers = 32MB\n" % (self.port, self.sockdir)
+                "shared_buffers = 32MB\n"
+                "wal_level = logical\n"
+                "max_wal_senders = 20\n"
+                "max_replication_slots = 20\n" % (self.port, self.sockdir)
             )
         with open(os.path.join(data, "pg_hba.conf"), "w") as f:
             f.write(
