@@ -12,7 +12,9 @@
  * type X is not supported"), which loses hits but never correctness.
  *
  * A key of several columns is the concatenation of "<length>:<value>" per
- * column in the primary key's order; a one-column key is its value alone.
+ * column, in the table's column order (attnum, which is also the order
+ * logical replication sends key columns in, not the index's order); a
+ * one-column key is its value alone.
  */
 #ifndef PGC_ORM_CACHE_KEY_H
 #define PGC_ORM_CACHE_KEY_H
@@ -45,14 +47,15 @@ bool cache_key_type_ok(uint32_t type_oid);
  * valid value of the type, does not fit, or the type is not supported.
  * Text input follows PostgreSQL's input functions for these types: integers
  * may have surrounding blanks and a sign; a uuid may be upper case, in
- * braces, or have its hyphens elsewhere or none.
+ * braces, or have its hyphens elsewhere or none. A binary integer may be 2,
+ * 4 or 8 bytes wide whatever the key's integer type (the value counts).
  */
 int cache_key_value(uint32_t type_oid, const void *value, size_t len, bool binary, char *out,
                     size_t cap);
 
 /*
  * A whole key being built column by column. ncols is the primary key's
- * column count; add the columns in its order.
+ * column count; add the columns in column (attnum) order.
  */
 typedef struct CacheKey {
     int ncols;
