@@ -483,6 +483,11 @@ bool conf_set(Config *cfg, const char *name, const char *value, char *msg, size_
     return setting_apply(cfg, s, value, msg, msglen);
 }
 
+bool config_set(Config *cfg, const char *name, const char *value, char *err, size_t errlen)
+{
+    return conf_set(cfg, name, value, err, errlen);
+}
+
 Config *conf_new_defaults(char *err, size_t errlen)
 {
     char msg[MSG_MAX];

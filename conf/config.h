@@ -106,14 +106,14 @@ typedef struct Config {
     double n1_prefetch_ttl; /* seconds a prefetched answer may be used */
     int shape_cache_size;   /* analysed shapes kept per worker (also SHOW QUERIES rows) */
     /* identity-map cache (daemon/cache.c); cache_url empty = no cache */
-    char *cache_url;               /* redis://[:password@]host[:port][/db] or unix:/path[?db=N] */
-    double cache_connect_timeout;  /* seconds */
-    double cache_timeout;          /* seconds a lookup may take before it is bypassed */
-    int cache_ttl;                 /* seconds an answer lives in Redis */
-    int cache_max_value;           /* bytes; larger answers are not stored */
+    char *cache_url;              /* redis://[:password@]host[:port][/db] or unix:/path[?db=N] */
+    double cache_connect_timeout; /* seconds */
+    double cache_timeout;         /* seconds a lookup may take before it is bypassed */
+    int cache_ttl;                /* seconds an answer lives in Redis */
+    int cache_max_value;          /* bytes; larger answers are not stored */
     CacheInvalidation cache_invalidation;
-    char *cache_publication;       /* replication: publication to use; empty = the proxy's own */
-    char *cache_namespace;         /* prefix of every Redis key and channel */
+    char *cache_publication; /* replication: publication to use; empty = the proxy's own */
+    char *cache_namespace;   /* prefix of every Redis key and channel */
 
     DbConf *dbs;
     int ndbs;
@@ -137,6 +137,14 @@ Config *config_load(const char *path, char *err, size_t errlen);
  * reason in err (never echoing the password).
  */
 Config *config_from_url(const char *url, const char *listen, char *err, size_t errlen);
+
+/*
+ * Set one [pgcoalesce] setting by name from its text (the quick start's
+ * --set NAME=VALUE), with the checks of a file. False with "NAME must be
+ * ..." in err.
+ */
+bool config_set(Config *cfg, const char *name, const char *value, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 void config_free(Config *cfg);
 

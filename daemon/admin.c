@@ -5,6 +5,7 @@
  * queries). The commands are one table of {word, handler}.
  */
 #include "daemon/admin.h"
+#include "daemon/cache.h"
 #include "daemon/log.h"
 #include "daemon/orm_feed.h"
 #include "proto/msg.h"
@@ -813,6 +814,26 @@ static void show_batch(AdminConn *a, const Args *args)
     res_end(&r, "SHOW");
 }
 
+/* The identity-map cache: one row per counter (name, value). */
+static void show_cache(AdminConn *a, const Args *args)
+{
+    static const char *const cols[] = {"name", "value"};
+    static const uint32_t types[] = {T_TEXT, T_TEXT};
+    Res r = res_begin(a, 2, cols, types);
+    const char *name;
+    char value[256];
+
+    if (!cache_on(a->ops->w)) {
+        const char *v[] = {"enabled", "no (cache_url is empty)"};
+        res_row(&r, v);
+    }
+    for (int i = 0; cache_report_row(a->ops->w, i, &name, value, sizeof(value)); i++) {
+        const char *v[] = {name, value};
+        res_row(&r, v);
+    }
+    res_end(&r, "SHOW");
+}
+
 static void show_help(AdminConn *a, const Args *args);
 
 typedef struct AdminShow {
@@ -835,6 +856,9 @@ static const AdminShow shows[] = {
     {"batch", show_batch,
      "N+1 batching: batches, keys prefetched, answered and wasted, round trips saved, "
      "fallbacks by reason"},
+    {"cache", show_cache,
+     "identity-map cache: hits, misses, fills, bypasses by reason, invalidations by source, "
+     "Redis and replication health"},
     {"version", show_version, "the pgcoalesce version"},
     {"help", show_help, "this list"},
 };

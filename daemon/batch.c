@@ -27,6 +27,7 @@
  * filled in, and after n1_prefetch_ttl.
  */
 #include "daemon/orm_feed.h"
+#include "daemon/cache.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -233,31 +234,12 @@ static PfKey *pf_lookup(OrmPrefetch *pf, uint64_t h)
 /* ---- the client's execution, peeked at --------------------------------------------------------
  */
 
-typedef struct Exec {
-    uint8_t *buf; /* the execution's bytes, copied into the worker's scratch (ow->msg) */
-    size_t bytes; /* its length in the client's input */
-    bool simple;  /* a Query; else [Parse] Bind [Describe] Execute Sync */
-    bool has_parse, has_describe;
-    const char *text; /* the statement text (in buf or a PreparedStmt) */
-    size_t text_len;
-    const uint8_t *types; /* the statement's declared parameter types: int16 n, int32[n] */
-    size_t types_len;
-    const uint8_t *bind; /* the Bind body after its two names */
-    size_t bind_len;
-    OrmStmt stmt;
-} Exec;
-
-static void exec_free(Exec *x)
+void orm_exec_free(OrmExec *x)
 {
     orm_stmt_release(&x->stmt);
 }
 
-/*
- * Copy the execution at the front of the client's input into x and shape it.
- * BATCH_PASS when it is not one this file answers, BATCH_INPUT when it has
- * not all arrived, BATCH_DONE when x is ready.
- */
-static BatchResult exec_read(Client *c, Exec *x)
+BatchResult orm_exec_read(Client *c, OrmExec *x)
 {
     struct evbuffer *in = c->io.in;
     size_t avail = evbuffer_get_length(in), n, at = 0;
@@ -368,7 +350,7 @@ static char client_status(const Client *c)
     return c->server ? c->server->tx_status : 'I';
 }
 
-static void answer(Client *c, Exec *x, OrmPrefetch *pf, PfKey *k)
+static void answer(Client *c, OrmExec *x, OrmPrefetch *pf, PfKey *k)
 {
     OrmBatchStats *st = &c->w->orm->batch;
     PktBuf *b = worker_pkt(c->w);
@@ -786,7 +768,7 @@ static uint32_t pick_keys(Client *c, const N1BatchPlan *plan, uint32_t **out)
 }
 
 /* Everything a batch needs that the client's input holds, copied. */
-static OrmBatch *batch_new(Client *c, const Exec *x, const N1BatchPlan *plan, BatchShape *bs,
+static OrmBatch *batch_new(Client *c, const OrmExec *x, const N1BatchPlan *plan, BatchShape *bs,
                            const ShapeLit *lit)
 {
     OrmBatch *b = calloc(1, sizeof(*b));
@@ -837,7 +819,7 @@ fail:
 }
 
 /* Is placeholder param of the client's text one plain value (not a list, not typed)? */
-static bool key_literal(OrmWorker *ow, const Exec *x, int param, ShapeLit *out)
+static bool key_literal(OrmWorker *ow, const OrmExec *x, int param, ShapeLit *out)
 {
     ShapeBuf *sb = ow->sb;
     const ShapeParam *pp;
@@ -853,7 +835,7 @@ static bool key_literal(OrmWorker *ow, const Exec *x, int param, ShapeLit *out)
 }
 
 /* Send the batch (or first the key type's learning) for the client's execution. */
-static BatchResult launch(Client *c, Exec *x, const N1BatchPlan *plan, BatchShape *bs,
+static BatchResult launch(Client *c, OrmExec *x, const N1BatchPlan *plan, BatchShape *bs,
                           const ShapeLit *lit)
 {
     Server *s = c->server;
@@ -896,7 +878,7 @@ BatchResult batch_client(Client *c)
     N1BatchPlan plan;
     BatchShape *bs;
     ShapeLit lit;
-    Exec x;
+    OrmExec x;
     int i;
     char status = client_status(c);
     double now;
@@ -908,9 +890,11 @@ BatchResult batch_client(Client *c)
     n1_session_keep_values(o->sess, true);
     if (o->npf == 0 && !n1_runs_ready(o->sess, cfg->n1_batch_after))
         return BATCH_PASS; /* the common case: no run to batch, nothing prefetched */
-    r = exec_read(c, &x);
+    cache_peek(c, true);
+    r = orm_exec_read(c, &x);
+    cache_peek(c, false);
     if (r != BATCH_DONE) {
-        exec_free(&x);
+        orm_exec_free(&x);
         return r;
     }
     r = BATCH_PASS;
@@ -950,7 +934,7 @@ BatchResult batch_client(Client *c)
         goto out;
     r = launch(c, &x, &plan, bs, &lit);
 out:
-    exec_free(&x);
+    orm_exec_free(&x);
     return r;
 }
 

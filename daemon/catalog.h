@@ -38,9 +38,9 @@ typedef struct TableInfo {
 typedef struct Catalog Catalog;
 
 typedef struct CatalogStats {
-    uint64_t lookups;    /* catalog queries answered */
-    uint64_t failures;   /* connection or query failures */
-    uint64_t tables;     /* entries held now */
+    uint64_t lookups;  /* catalog queries answered */
+    uint64_t failures; /* connection or query failures */
+    uint64_t tables;   /* entries held now */
     bool connected;
     char last_error[160];
 } CatalogStats;

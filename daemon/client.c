@@ -4,6 +4,7 @@
  */
 #include "daemon/auth.h"
 #include "daemon/log.h"
+#include "daemon/cache.h"
 #include "daemon/orm_feed.h"
 #include "daemon/session.h"
 #include "daemon/worker.h"
@@ -166,6 +167,7 @@ void client_free(Client *c)
     free(c->database);
     params_free(&c->startup);
     params_free(&c->params);
+    cache_client_free(c);
     orm_client_free(c);
     client_stmts_clear(&c->stmts, &c->w->prepared);
     free(c->scram);
@@ -1045,6 +1047,7 @@ static void client_process(Client *c)
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
     bool n1 = cfg->n1_mode != N1_MODE_OFF;
     bool batch = cfg->n1_mode == N1_MODE_BATCH;
+    bool cache = cache_on(c->w);
 
     if (c->discarding && !client_discard(c))
         return;
@@ -1093,11 +1096,15 @@ static void client_process(Client *c)
             client_close(c, "client closed the connection");
             return;
         }
-        if (batch && fwd == 0 && (!s || (!s->dirty && s->pkt_left == 0)) &&
+        if ((batch || cache) && fwd == 0 && (!s || (!s->dirty && s->pkt_left == 0)) &&
             (!c->orm || c->orm->len == 0) && (!s || rq_quiet(s))) {
             /* The start of a statement with nothing in flight: an N+1 child
-             * may be answered from a prefetch or fetched in a batch. */
-            switch (batch_client(c)) {
+             * may be answered from a prefetch or fetched in a batch; a
+             * primary-key lookup from the cache. */
+            BatchResult br = batch ? batch_client(c) : BATCH_PASS;
+            if (br == BATCH_PASS && cache && c->state != CL_CLOSING && c->state != CL_LINGER)
+                br = cache_client(c);
+            switch (br) {
             case BATCH_DONE:
                 io_cursor_init(&cur, c->io.in);
                 continue;

@@ -4,6 +4,7 @@
  * ("Connection: close"); nothing here waits on anything but the socket.
  */
 #include "daemon/admin.h"
+#include "daemon/cache.h"
 #include "daemon/log.h"
 
 #include <event2/buffer.h>
@@ -44,6 +45,12 @@ static void route_queries(Ops *ops, HttpAnswer *ans)
     orm_render_queries_json(ops, ans->body);
 }
 
+static void route_cache(Ops *ops, HttpAnswer *ans)
+{
+    ans->content_type = "application/json";
+    cache_report_json(ops->w, ans->body);
+}
+
 /* 200 while new transactions are served; 503 while paused or shutting down. */
 static void route_healthz(Ops *ops, HttpAnswer *ans)
 {
@@ -60,7 +67,7 @@ typedef struct HttpRoute {
 
 static const HttpRoute routes[] = {
     {"/metrics", route_metrics}, {"/stats", route_stats},     {"/n1", route_n1},
-    {"/queries", route_queries}, {"/healthz", route_healthz},
+    {"/queries", route_queries}, {"/healthz", route_healthz}, {"/cache", route_cache},
 };
 
 static const char *http_reason(int status)

@@ -24,20 +24,28 @@ static void usage(FILE *out)
             "  pgcoalesce -d -c FILE         the same as a daemon in the background (needs\n"
             "                                logfile or syslog; see pidfile)\n"
             "  pgcoalesce --check -c FILE    validate a config file and exit\n"
-            "  pgcoalesce --upstream URL [--listen HOST:PORT]\n"
+            "  pgcoalesce --upstream URL [--listen HOST:PORT] [--set NAME=VALUE]...\n"
             "                                quick start in front of one PostgreSQL\n"
-            "                                (URL: postgresql://user:pass@host:port/db)\n"
+            "                                (URL: postgresql://user:pass@host:port/db);\n"
+            "                                --set gives any setting of the config file\n"
+            "                                (e.g. --set cache_url=redis://127.0.0.1:6379)\n"
             "  pgcoalesce --version | --help\n",
             PGC_VERSION);
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},   {"check", no_argument, NULL, 'k'},
-        {"upstream", required_argument, NULL, 'u'}, {"listen", required_argument, NULL, 'l'},
-        {"version", no_argument, NULL, 'V'},        {"help", no_argument, NULL, 'h'},
-        {"daemon", no_argument, NULL, 'd'},         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check", no_argument, NULL, 'k'},
+                                         {"upstream", required_argument, NULL, 'u'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"daemon", no_argument, NULL, 'd'},
+                                         {"set", required_argument, NULL, 's'},
+                                         {NULL, 0, NULL, 0}};
+    const char *sets[64];
+    int nsets = 0;
     const char *config_path = NULL, *upstream = NULL, *listen_at = NULL;
     bool check = false, daemonize = false;
     char err[1024];
@@ -63,6 +71,13 @@ int main(int argc, char **argv)
         case 'l':
             listen_at = optarg;
             break;
+        case 's':
+            if (!strchr(optarg, '=') || nsets == (int)(sizeof(sets) / sizeof(sets[0]))) {
+                fprintf(stderr, "pgcoalesce: --set takes NAME=VALUE (at most 64 of them)\n");
+                return 2;
+            }
+            sets[nsets++] = optarg;
+            break;
         case 'V':
             printf("pgcoalesce %s\n", PGC_VERSION);
             return 0;
@@ -84,9 +99,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (listen_at && !upstream) {
-        fprintf(stderr, "pgcoalesce: --listen goes with --upstream; set listen_addr and "
-                        "listen_port in the config file instead\n");
+    if ((listen_at || nsets) && !upstream) {
+        fprintf(stderr, "pgcoalesce: --listen and --set go with --upstream; with -c FILE put "
+                        "the settings in the file\n");
         return 2;
     }
     cfg = config_path ? config_load(config_path, err, sizeof(err))
@@ -94,6 +109,16 @@ int main(int argc, char **argv)
     if (!cfg) {
         fprintf(stderr, "%s\n", err);
         return 1;
+    }
+    for (int i = 0; i < nsets; i++) {
+        char name[128];
+        const char *eq = strchr(sets[i], '=');
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - sets[i]), sets[i]);
+        if (!config_set(cfg, name, eq + 1, err, sizeof(err))) {
+            fprintf(stderr, "pgcoalesce: --set %s: %s\n", sets[i], err);
+            config_free(cfg);
+            return 1;
+        }
     }
     if (check) {
         printf("%s: configuration is valid\n", config_path ? config_path : "--upstream");

@@ -4,6 +4,7 @@
  * back (the order and the RqItem bits are described in orm_feed.h).
  */
 #include "daemon/orm_feed.h"
+#include "daemon/cache.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -298,6 +299,8 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
         !(e->info && e->info->kind == SHAPE_KIND_SELECT && (e->info->flags & SHAPE_F_READ_ONLY)))
         batch_drop_all(c);
     o->batch_skip = false; /* a held execution after a failed batch went on as it was */
+    if (c->cache)
+        cache_client_forwarded(c);
     if (!it || (it->kind != RQ_QUERY && it->kind != RQ_EXECUTE))
         goto out_drop;
     if (o->len == o->cap) {
@@ -366,6 +369,9 @@ static void client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len
         !orm_stmt_shape(c->w->orm, (const char *)body, strnlen((const char *)body, len), NULL, 0,
                         &e))
         return; /* an empty query */
+    if (cache_on(c->w) && body)
+        cache_note_statement(c, &e, (const char *)body, e.info ? c->w->orm->sb : NULL, NULL, NULL,
+                             0);
     client_queue(c, s, &e);
 }
 
@@ -505,8 +511,14 @@ static void client_bind_values(Client *c, const uint8_t *tail, size_t size, size
         bound_unknown(o);
         return;
     }
-    o->bound_ok =
-        stmt_shape_cached(ow, cache, (const char *)tail, textlen, ow->binds, nb, &o->bound);
+    {
+        bool fresh = !*cache; /* shaped now: ow->sb holds the text's literals */
+        o->bound_ok =
+            stmt_shape_cached(ow, cache, (const char *)tail, textlen, ow->binds, nb, &o->bound);
+        if (o->bound_ok && cache_on(c->w))
+            cache_note_statement(c, &o->bound, (const char *)tail, fresh ? ow->sb : NULL, *cache,
+                                 ow->binds, nb);
+    }
     o->bound.res_fmt = res_fmt;
     o->bound.res_bin = res_bin;
 }

@@ -237,6 +237,36 @@ typedef enum {
     BATCH_WAIT,   /* a batched statement is on its way: the client waits */
 } BatchResult;
 
+/*
+ * One whole execution at the front of a client's input, peeked at (not
+ * consumed): a Query, or [Parse] Bind [Describe] Execute Sync of the unnamed
+ * portal (a named statement only in transaction mode, where the proxy holds
+ * its text). Used by batching and the cache, which answer executions
+ * themselves.
+ */
+typedef struct OrmExec {
+    uint8_t *buf; /* the execution's bytes, copied into the worker's scratch (ow->msg) */
+    size_t bytes; /* its length in the client's input */
+    bool simple;  /* a Query; else [Parse] Bind [Describe] Execute Sync */
+    bool has_parse, has_describe;
+    const char *text; /* the statement text (in buf or a PreparedStmt) */
+    size_t text_len;
+    const uint8_t *types; /* the statement's declared parameter types: int16 n, int32[n] */
+    size_t types_len;
+    const uint8_t *bind; /* the Bind body after its two names */
+    size_t bind_len;
+    OrmStmt stmt;
+} OrmExec;
+
+/*
+ * Copy the execution at the front of the client's input into x and shape it.
+ * BATCH_PASS when it is not one that can be answered by the proxy,
+ * BATCH_INPUT when it has not all arrived, BATCH_DONE when x is ready.
+ * Always orm_exec_free(x) after.
+ */
+BatchResult orm_exec_read(Client *c, OrmExec *x);
+void orm_exec_free(OrmExec *x);
+
 bool batch_worker_init(OrmWorker *ow) __attribute__((warn_unused_result));
 void batch_worker_free(OrmWorker *ow);
 /*

@@ -5,6 +5,7 @@
  */
 #include "daemon/log.h"
 #include "daemon/worker.h"
+#include "daemon/cache.h"
 
 #include <poll.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@ Pool *pool_new(Worker *w, const char *db, const char *user, const DbConf *dbc)
 
 void pool_free(Pool *p)
 {
+    cache_pool_free(p);
     free(p->db_name);
     free(p->user_name);
     free(p->host);

@@ -6,6 +6,7 @@
  * the backend already has), each at the right place in the stream.
  */
 #include "daemon/log.h"
+#include "daemon/cache.h"
 #include "daemon/orm_feed.h"
 #include "daemon/worker.h"
 #include "proto/msg.h"
@@ -336,6 +337,17 @@ void server_relay(Server *s)
             io_cursor_init(&cur, s->io.in);
             continue;
         }
+        if (cache_item(rq_head(s))) {
+            /* The client's statement run by the cache for a fill. */
+            if (fwd > 0) {
+                io_forward(&c->io, s->io.in, fwd);
+                fwd = 0;
+            }
+            if (!cache_server_input(s) || s->client != c)
+                return;
+            io_cursor_init(&cur, s->io.in);
+            continue;
+        }
         if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL) {
             /* The proxy's own query queued behind the client's (a re-sync
              * after RESET): its answers are swallowed. */
@@ -364,6 +376,8 @@ void server_relay(Server *s)
                 goto out;
             s->tx_status = (char)hdr[PROTO_HDR_LEN];
             stats_query_end(s);
+            if (c->cache)
+                cache_ready_for_query(c, s->tx_status); /* before the client hears of a commit */
             s->skip_until_sync = false;
             if (head && head->flags && s->tx_status != 'E') {
                 RqItem done = *head;

@@ -5,6 +5,7 @@
  * port's /metrics and /stats.
  */
 #include "daemon/admin.h"
+#include "daemon/cache.h"
 #include "daemon/log.h"
 
 #include <event2/buffer.h>
@@ -309,6 +310,7 @@ void stats_render_metrics(const Ops *ops, struct evbuffer *out)
                    "Time clients waited for a server connection.", offsetof(PoolStats, wait_hist),
                    offsetof(PoolStats, wait_usec));
     orm_render_metrics(ops, out);
+    cache_report_metrics(ops->w, out);
 }
 
 /* ---- JSON ------------------------------------------------------------------------------ */

@@ -5,6 +5,7 @@
 #include "daemon/log.h"
 #include "daemon/orm_feed.h"
 #include "daemon/worker.h"
+#include "daemon/cache.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -153,6 +154,8 @@ bool worker_init(Worker *w, const Config *cfg)
         orm_worker_free(w);
         return false;
     }
+    if (!cache_worker_init(w))
+        return false;
     return true;
 }
 
@@ -288,6 +291,7 @@ void worker_free(Worker *w)
     while ((n = list_first(&w->linger_clients)) != NULL)
         client_close(list_entry(n, Client), "shutting down");
     worker_reap(-1, 0, w);
+    cache_worker_free(w);
     orm_worker_free(w); /* after the clients: their N+1 sessions belong to its table */
     if (w->janitor)
         event_free(w->janitor);

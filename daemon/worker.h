@@ -25,6 +25,9 @@ typedef struct Client Client;
 typedef struct Server Server;
 struct ClientOrm;
 struct OrmWorker;
+struct CacheWorker;
+struct CacheClient;
+struct Catalog;
 
 /* Every client is on exactly one list; the state names the list. */
 typedef enum {
@@ -107,7 +110,8 @@ struct Pool {
     double last_connect_error_at;
     char last_connect_error[256];
     PoolStats stats;
-    bool paused; /* PAUSE of its database; see pool_paused() */
+    bool paused;             /* PAUSE of its database; see pool_paused() */
+    struct Catalog *catalog; /* table facts for the cache (daemon/catalog.h); NULL until used */
 };
 
 struct Client {
@@ -133,13 +137,14 @@ struct Client {
     uint32_t pkt_left; /* bytes of the current message still to forward */
     bool discarding;   /* an error was sent for a query that never ran: drop until Query/Sync */
     double linger_since;
-    uint64_t reads;        /* read events so far: the janitor's sign of activity */
-    double idle_since;     /* janitor: idle in a transaction since (0: not idle) */
-    uint64_t idle_reads;   /* reads when idle_since was set */
-    double stall_since;    /* janitor: output over the cap and unread since (0: not) */
-    uint64_t stall_sent;   /* bytes it had been sent at stall_since */
-    struct ClientOrm *orm; /* shapes and N+1 session (daemon/orm_feed.h); NULL until used */
-    bool session_warned;   /* logged that its session state does not survive transaction mode */
+    uint64_t reads;            /* read events so far: the janitor's sign of activity */
+    double idle_since;         /* janitor: idle in a transaction since (0: not idle) */
+    uint64_t idle_reads;       /* reads when idle_since was set */
+    double stall_since;        /* janitor: output over the cap and unread since (0: not) */
+    uint64_t stall_sent;       /* bytes it had been sent at stall_since */
+    struct ClientOrm *orm;     /* shapes and N+1 session (daemon/orm_feed.h); NULL until used */
+    bool session_warned;       /* logged that its session state does not survive transaction mode */
+    struct CacheClient *cache; /* identity-map cache state (daemon/cache.c); NULL until used */
 };
 
 /*
@@ -165,6 +170,7 @@ typedef enum {
     RQ_BATCH_SAVEPOINT, /* the proxy's SAVEPOINT before a batch in a transaction (batch.c) */
     RQ_BATCH_TYPES,     /* the proxy's Parse/Describe/Close/Sync learning a key type (batch.c) */
     RQ_BATCH,           /* the proxy's batched statement, up to its ReadyForQuery (batch.c) */
+    RQ_CACHE_FILL,      /* the client's statement run by the cache for a fill (cache.c) */
 } RqKind;
 
 /* RQ_QUERY flags: the query resets session parameters (client_name names
@@ -238,8 +244,9 @@ struct Worker {
     struct ssl_ctx_st *client_tls; /* NULL: client_tls_sslmode = disable */
     struct ssl_ctx_st *server_tls; /* NULL: server_tls_sslmode = disable */
     bool shutting_down;
-    struct Ops *ops;       /* admin port, signals, reload, shutdown: daemon/ops.h */
-    struct OrmWorker *orm; /* shapes, N+1 patterns, statement statistics: daemon/orm_feed.h */
+    struct Ops *ops;           /* admin port, signals, reload, shutdown: daemon/ops.h */
+    struct OrmWorker *orm;     /* shapes, N+1 patterns, statement statistics: daemon/orm_feed.h */
+    struct CacheWorker *cache; /* identity-map cache: daemon/cache.h; NULL when off */
 };
 
 double now_sec(void);

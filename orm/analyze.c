@@ -553,6 +553,7 @@ static void analyze_top(Ctx *c, const PgQuery__Node *st)
         break;
     case PG_QUERY__NODE__NODE_INSERT_STMT:
         c->t.kind = SHAPE_KIND_INSERT;
+        scope_range_var(c, st->insert_stmt->relation); /* the cache invalidates upserts by it */
         if (st->insert_stmt->n_returning_list)
             c->t.flags |= SHAPE_F_RETURNING;
         break;

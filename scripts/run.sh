@@ -105,14 +105,16 @@ redis-server --port "$redisport" --bind 127.0.0.1 --unixsocket "$redisdir/redis.
     --pidfile "$redisdir/redis.pid" --logfile "$redisdir/redis.log"
 redis_started=1
 for _ in $(seq 50); do [ -s "$redisdir/redis.pid" ] && break; sleep 0.1; done
-echo "run: Redis on 127.0.0.1:$redisport (log $redisdir/redis.log)"
+echo "run: Redis on 127.0.0.1:$redisport (log $redisdir/redis.log), the cache's store"
 
 echo
 echo "Connect with:  postgresql://app:app@$LISTEN/app"
 echo "               psql 'postgresql://app:app@$LISTEN/app'"
 echo "Ctrl-C stops pgcoalesce, PostgreSQL and Redis."
 echo
-"$bin" --upstream "postgresql://app:app@127.0.0.1:$pgport/app" --listen "$LISTEN" &
+# The identity-map cache on the throwaway Redis (writes through the proxy invalidate it).
+"$bin" --upstream "postgresql://app:app@127.0.0.1:$pgport/app" --listen "$LISTEN" \
+    --set "cache_url=redis://127.0.0.1:$redisport/0" &
 pgc_pid=$!
 set +e
 wait "$pgc_pid"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs missing packages, builds, runs the whole ctest
-# suite (unit + integration against a real PostgreSQL and Redis), then builds
-# with ASan+UBSan and runs the whole suite again, then runs the fuzz targets
+# suite (unit + integration against a real PostgreSQL and Redis), runs the
+# unit tests under valgrind memcheck, then builds with ASan+UBSan and runs the
+# whole suite again, then runs the fuzz targets
 # for a 60 s smoke (scripts/fuzz.sh). Exits non-zero if anything failed.
 # Works from any directory.
 set -uo pipefail
@@ -58,6 +59,19 @@ if command -v clang-format >/dev/null 2>&1; then
 fi
 
 run_suite plain build
+
+# Valgrind memcheck over the unit tests of the plain build (each counts as one test).
+echo "=== valgrind: unit tests"
+bash "$root/scripts/valgrind.sh" 2>&1 | tee "$logdir/valgrind.log"
+vg_rc=${PIPESTATUS[0]}
+passed_total=$((passed_total + $(grep -cE '^valgrind [a-z_]+ ok$' "$logdir/valgrind.log" || true)))
+vg_failed=$(grep -cE '^valgrind [a-z_]+ FAILED$' "$logdir/valgrind.log" || true)
+failed_total=$((failed_total + vg_failed))
+if [ "$vg_rc" -ne 0 ]; then
+    failed+=("valgrind")
+    [ "$vg_failed" -gt 0 ] || failed_total=$((failed_total + 1))
+    status=1
+fi
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_suite sanitized build-asan --sanitize

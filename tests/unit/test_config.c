@@ -18,7 +18,7 @@
 
 #include "conf/config.h"
 
-#define NSETTINGS 46
+#define NSETTINGS 54
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -522,7 +522,7 @@ static void test_full_config(void **state)
     assert_int_equal(db->pool_size, 20);
     assert_int_equal(db->max_overflow, 3);
     assert_int_equal(db->pool_mode, POOL_TRANSACTION);
-    assert_int_equal(db->line, 52);
+    assert_int_equal(db->line, 60);
     db = &cfg->dbs[1];
     assert_string_equal(db->name, "reports");
     assert_string_equal(db->host, "/var/run/postgresql");
@@ -531,7 +531,7 @@ static void test_full_config(void **state)
     assert_string_equal(db->user, "back\\slash");
     assert_null(db->password);
     assert_int_equal(db->pool_size, -1);
-    assert_int_equal(db->line, 53);
+    assert_int_equal(db->line, 61);
     db = &cfg->dbs[2];
     assert_string_equal(db->name, "*");
     assert_string_equal(db->host, "127.0.0.1");
@@ -972,6 +972,14 @@ static const struct {
     {"n1_batch_max", "500", true, "100"},
     {"n1_prefetch_ttl", "0.1", true, "0.25"},
     {"shape_cache_size", "10000", false, "300"},
+    {"cache_url", "", false, "redis://:pw@cache.internal:6380/2"},
+    {"cache_connect_timeout", "1", true, "0.5"},
+    {"cache_timeout", "0.005", true, "0.002"},
+    {"cache_ttl", "300", true, "60"},
+    {"cache_max_value", "65536", true, "8192"},
+    {"cache_invalidation", "proxy", false, "replication"},
+    {"cache_publication", "", false, "app_pub"},
+    {"cache_namespace", "pgc", false, "pgc-test"},
 };
 
 static void test_config_item(void **state)
