@@ -270,7 +270,8 @@ class N1BatchBench(pc.Bench):
             "listen_addresses": "'127.0.0.1'",
             "port": str(port),
             "unix_socket_directories": f"'{self.tmp}'",
-            "max_connections": "100",
+            # a subclass may need more (bench/cache_zipf.py: one backend per client)
+            "max_connections": str(getattr(self, "max_connections", 100)),
             "shared_buffers": "'128MB'",
             "fsync": "off",
             "synchronous_commit": "off",

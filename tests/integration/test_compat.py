@@ -188,6 +188,8 @@ class CompatTest(harness.ProxyTestCase):
 
     @classmethod
     def setUpClass(cls):
+        # ... and the identity-map cache on (the matrix's rows run with it).
+        cls.proxy_settings = dict(cls.proxy_settings, cache_url=harness.redis().url)
         super().setUpClass()
         cls.node_problem, cls.node_versions = node_setup()
         cls.ruby_problem, cls.ruby_versions = ruby_setup()
