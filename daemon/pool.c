@@ -91,6 +91,10 @@ void pool_grow(Pool *p)
     int limit = p->pool_size + p->max_overflow;
     int want = p->waiting_clients.count - p->connecting_servers.count - p->testing_servers.count;
 
+    /* After a failed connection, not again before the backoff (the janitor retries). */
+    if (p->retry_at > 0 && now_sec() < p->retry_at)
+        return;
+
     if (!p->have_welcome && p->connecting_servers.count == 0 && pool_server_count(p) == 0 &&
         want < 1 && pool_welcome_waiters(p) > 0)
         want = 1;
@@ -183,6 +187,8 @@ void pool_server_ready(Server *s)
     double now = now_sec();
 
     s->idle_since = now;
+    p->connect_backoff = 0; /* the upstream works */
+    p->retry_at = 0;
     /* Reading may have been paused for a slow client; an idle server must be
      * heard so that its death is noticed. */
     io_read(&s->io, true);
@@ -230,11 +236,16 @@ void pool_server_failed(Pool *p, const char *sqlstate, const char *message)
     p->stats.connect_failures++;
     snprintf(p->last_connect_error, sizeof(p->last_connect_error), "%s", message);
     p->last_connect_error_at = now_sec();
-    /* With nothing else that could serve them, waiting clients hear it now
-     * rather than at pool_timeout; they stay connected. */
-    if (p->idle_servers.count + p->active_servers.count + p->testing_servers.count +
-            p->connecting_servers.count ==
-        0) {
+    /* Connections to a refusing server are not retried in a loop: 50 ms,
+     * doubling to 1 s, until one logs in. */
+    p->connect_backoff = p->connect_backoff > 0 ? p->connect_backoff * 2 : 0.05;
+    if (p->connect_backoff > 1.0)
+        p->connect_backoff = 1.0;
+    p->retry_at = p->last_connect_error_at + p->connect_backoff;
+    /* With no logged-in server that could serve them, waiting clients hear it
+     * now rather than at pool_timeout (other attempts in flight go to the same
+     * server and will most likely fail alike); they stay connected. */
+    if (p->idle_servers.count + p->active_servers.count + p->testing_servers.count == 0) {
         ListNode *n;
         while ((n = list_first(&p->waiting_clients)) != NULL) {
             Client *c = list_entry(n, Client);

@@ -108,10 +108,13 @@ struct Pool {
     bool have_welcome;
     double last_failure; /* when pre-ping last found a dead server */
     double last_connect_error_at;
+    double connect_backoff; /* seconds before the next connection after a failed one; 0 = none */
+    double retry_at;        /* no new connection before this (now_sec) */
     char last_connect_error[256];
     PoolStats stats;
     bool paused;             /* PAUSE of its database; see pool_paused() */
     struct Catalog *catalog; /* table facts for the cache (daemon/catalog.h); NULL until used */
+    struct CacheRepl *cache_repl; /* its database's replication stream (daemon/cache.c), or NULL */
 };
 
 struct Client {
