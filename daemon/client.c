@@ -215,15 +215,40 @@ void client_accept(Worker *w, int fd, const struct sockaddr *sa, int salen)
     io_read(&c->io, true);
 }
 
+/*
+ * The next word of a startup "options" value, as PostgreSQL splits it:
+ * blanks separate words, a backslash takes the next character as it is
+ * ("repeatable\ read" is one word). Unescaped into dst (as long as src);
+ * NULL at the end.
+ */
+static char *next_option_word(const char **src, char *dst)
+{
+    const char *p = *src;
+    char *o = dst;
+
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (*p == '\0')
+        return NULL;
+    while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+        if (*p == '\\' && p[1])
+            p++;
+        *o++ = *p++;
+    }
+    *o = '\0';
+    *src = p;
+    return dst;
+}
+
 /* Split the startup "options" value: -c name=value, -cname=value, --name=value. */
 static bool client_parse_options(Client *c, const char *opts)
 {
-    char *copy = strdup(opts), *save = NULL, *tok;
+    char *buf = malloc(strlen(opts) + 1), *tok;
     bool ok = true, expect_c = false;
 
-    if (!copy)
+    if (!buf)
         return false;
-    for (tok = strtok_r(copy, " \t", &save); tok && ok; tok = strtok_r(NULL, " \t", &save)) {
+    while (ok && (tok = next_option_word(&opts, buf)) != NULL) {
         char *setting = NULL, *eq;
         if (expect_c) {
             setting = tok;
@@ -250,7 +275,7 @@ static bool client_parse_options(Client *c, const char *opts)
                 *p = '_';
         ok = params_set(&c->startup, setting, eq + 1);
     }
-    free(copy);
+    free(buf);
     return ok && !expect_c;
 }
 

@@ -214,6 +214,18 @@ class ParamsTest(ParamsBase):
         r = self.compare(clients, steps)
         self.assertEqual(r[0], [("s_b,public", "from s_b")])
 
+    def test_startup_option_with_an_escaped_blank(self):
+        """A backslash in options escapes the next character, as PostgreSQL
+        splits them: 'repeatable\\ read' is one value, and '\\\\' a backslash."""
+        check = ("SELECT current_setting('default_transaction_isolation'), "
+                 "current_setting('application_name')")
+        clients = {"A": {"options": r"-c default_transaction_isolation=repeatable\ read "
+                                    r"-c application_name=a\\b"}, "B": {}}
+        steps = [("A", check), ("B", "SHOW default_transaction_isolation"), ("A", check)]
+        r = self.compare(clients, steps)
+        self.assertEqual(r[0], [("repeatable read", "a\\b")])
+        self.assertEqual(r[2], [("repeatable read", "a\\b")])
+
     def test_datestyle_intervalstyle_extra_float_digits(self):
         probe = ("SELECT '2024-03-05'::date::text, interval '1 day 02:03:04'::text, "
                  "(1 / 3::float8)::text, '2024-03-05 06:07:08+00'::timestamptz::text")
