@@ -74,12 +74,14 @@ static const char *const scripts[NSCRIPTS] = {lua_lookup, lua_fill, lua_row, lua
 
 /* ---- objects ---------------------------------------------------------------------------- */
 
-typedef struct ReplEntry {
+typedef struct CacheRepl {
     char *upstream; /* host:port/dbname */
     char *dbname;
     Repl *repl;
     struct CacheWorker *cw;
-} ReplEntry;
+} CacheRepl;
+
+struct CacheHold;
 
 struct CacheWorker {
     Worker *w;
@@ -89,8 +91,9 @@ struct CacheWorker {
     bool lost;         /* an invalidation did not reach Redis: new epoch once it is back */
     char ekey[96];
     char channel[96];
-    ReplEntry **repls;
+    CacheRepl **repls;
     int nrepls;
+    struct CacheHold *hold_reply_to; /* set while a commit's invalidations are sent */
 };
 
 /* Everything naming one entry, and the versions its lookup saw. */
@@ -137,8 +140,18 @@ typedef struct CacheInval {
     char *pk;
 } CacheInval;
 
+/* A commit's invalidations on their way: the client's ReadyForQuery waits for them. */
+typedef struct CacheHold {
+    struct CacheWorker *cw;
+    CacheClient *cc; /* NULL: the client left; the last reply frees the hold */
+    int pending;     /* replies still due */
+    struct event *timer;
+} CacheHold;
+
 struct CacheClient {
     Client *c;
+    CacheHold *hold; /* the ReadyForQuery of a commit waits for Redis */
+    bool hold_done;  /* ... and may go now: the next cache_commit_hold lets it through */
     CacheReq *req;
     CacheFill *fill;    /* on its server */
     CacheFill *pending; /* a miss waiting for a server */
@@ -246,6 +259,23 @@ static void inval_reply(void *arg, redisReply *reply, double latency)
     }
 }
 
+static void hold_reply(void *arg, redisReply *reply, double latency);
+
+/* Send one invalidation script; a commit's (cw->hold_reply_to) are counted on its hold. */
+static void send_inval(CacheWorker *cw, int script, int argc, const char **argv, const size_t *lens)
+{
+    struct CacheHold *h = cw->hold_reply_to;
+    bool ok = h ? redis_eval(cw->redis, script, hold_reply, h, argc, argv, lens)
+                : redis_eval(cw->redis, script, inval_reply, cw, argc, argv, lens);
+
+    if (!ok) {
+        cw->lost = true;
+        cw->st.inval_lost++;
+    } else if (h) {
+        h->pending++;
+    }
+}
+
 static void send_bump(CacheWorker *cw, const char *key, char kind, uint32_t oid, const char *db)
 {
     char msg[256];
@@ -253,10 +283,7 @@ static void send_bump(CacheWorker *cw, const char *key, char kind, uint32_t oid,
 
     snprintf(msg, sizeof(msg), "%016" PRIx64 " %c %" PRIu32 " %s", cw->instance, kind, oid,
              db ? db : "");
-    if (!redis_eval(cw->redis, SCRIPT_BUMP, inval_reply, cw, 3, argv, NULL)) {
-        cw->lost = true;
-        cw->st.inval_lost++;
-    }
+    send_inval(cw, SCRIPT_BUMP, 3, argv, NULL);
 }
 
 static void inval_all(CacheWorker *cw)
@@ -290,10 +317,7 @@ static void inval_row(CacheWorker *cw, const char *db, uint32_t oid, const char 
     lens[1] = strlen(ttl);
     lens[2] = strlen(cw->channel);
     lens[3] = strlen(msg);
-    if (!redis_eval(cw->redis, SCRIPT_ROW, inval_reply, cw, 4, argv, lens)) {
-        cw->lost = true;
-        cw->st.inval_lost++;
-    }
+    send_inval(cw, SCRIPT_ROW, 4, argv, lens);
 }
 
 /* One remembered write, sent now if its table is known; false when it is not (yet). */
@@ -330,7 +354,7 @@ static bool inval_send(Client *c, const CacheInval *iv, bool force)
 
 static void repl_row(void *arg, uint32_t relid, const char *key, size_t keylen)
 {
-    ReplEntry *re = arg;
+    CacheRepl *re = arg;
 
     re->cw->st.inval_replication++;
     inval_row(re->cw, re->dbname, relid, key, keylen);
@@ -338,7 +362,7 @@ static void repl_row(void *arg, uint32_t relid, const char *key, size_t keylen)
 
 static void repl_table(void *arg, uint32_t relid)
 {
-    ReplEntry *re = arg;
+    CacheRepl *re = arg;
 
     re->cw->st.inval_replication++;
     inval_table(re->cw, re->dbname, relid);
@@ -346,25 +370,27 @@ static void repl_table(void *arg, uint32_t relid)
 
 static void repl_all(void *arg)
 {
-    ReplEntry *re = arg;
+    CacheRepl *re = arg;
 
     re->cw->st.inval_replication++;
     inval_all(re->cw);
 }
 
-/* cache_invalidation = replication: one stream per upstream database. */
+/* cache_invalidation = replication: one stream per upstream database, shared by its pools. */
 static void ensure_repl(CacheWorker *cw, Pool *p)
 {
     char up[512];
-    ReplEntry *re, **n;
+    CacheRepl *re, **n;
     ReplCallbacks cb = {repl_row, repl_table, repl_all, NULL};
 
-    if (cw->w->cfg->cache_invalidation != CACHE_INVAL_REPLICATION)
+    if (cw->w->cfg->cache_invalidation != CACHE_INVAL_REPLICATION || p->cache_repl)
         return;
     snprintf(up, sizeof(up), "%s:%d/%s", p->host, p->port, p->dbname);
     for (int i = 0; i < cw->nrepls; i++)
-        if (strcmp(cw->repls[i]->upstream, up) == 0)
+        if (strcmp(cw->repls[i]->upstream, up) == 0) {
+            p->cache_repl = cw->repls[i];
             return;
+        }
     n = realloc(cw->repls, sizeof(*n) * (size_t)(cw->nrepls + 1));
     if (!n)
         return;
@@ -384,6 +410,7 @@ static void ensure_repl(CacheWorker *cw, Pool *p)
         return;
     }
     cw->repls[cw->nrepls++] = re;
+    p->cache_repl = re;
 }
 
 static void forget_catalogs(Worker *w)
@@ -532,6 +559,15 @@ void cache_client_free(Client *c)
         cc->req->cc = NULL; /* its reply frees it */
         if (cc->req->timer)
             event_del(cc->req->timer);
+    }
+    if (cc->hold) {
+        CacheHold *h = cc->hold;
+        h->cc = NULL; /* its last reply frees it */
+        if (h->timer)
+            event_free(h->timer);
+        h->timer = NULL;
+        if (h->pending == 0)
+            free(h);
     }
     /* A COMMIT whose answer the client did not wait for may still land:
      * invalidate what it wrote once more. */
@@ -834,23 +870,103 @@ void cache_note_statement(Client *c, const OrmStmt *e, const char *text, const S
     }
 }
 
-void cache_ready_for_query(Client *c, char status)
+/* Let the held ReadyForQuery go: relay the server's input again. */
+static void hold_release(CacheClient *cc)
+{
+    Client *c = cc->c;
+    Server *s = c->server;
+    CacheHold *h = cc->hold;
+
+    cc->hold = NULL;
+    h->cc = NULL;
+    if (h->timer) {
+        event_free(h->timer);
+        h->timer = NULL;
+    }
+    if (h->pending == 0)
+        free(h);
+    cc->hold_done = true;
+    if (s && s->client == c && s->state == SV_ACTIVE) {
+        io_read(&s->io, true);
+        server_relay(s);
+    }
+}
+
+static void hold_reply(void *arg, redisReply *reply, double latency)
+{
+    CacheHold *h = arg;
+
+    if (!reply) {
+        h->cw->lost = true;
+        h->cw->st.inval_lost++;
+    }
+    if (--h->pending > 0)
+        return;
+    if (h->cc)
+        hold_release(h->cc);
+    else
+        free(h);
+}
+
+/* cache_timeout passed: Redis has the commands queued in order (or the
+ * connection breaks, and the epoch moves on when it is back). */
+static void hold_timeout(evutil_socket_t fd, short ev, void *arg)
+{
+    CacheHold *h = arg;
+
+    if (h->cc)
+        hold_release(h->cc);
+}
+
+bool cache_commit_hold(Client *c, char status)
 {
     CacheClient *cc = c->cache;
+    CacheWorker *cw = c->w->cache;
+    CacheHold *h;
+    double t = c->w->cfg->cache_timeout;
+    struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
 
     if (!cc || status != 'I')
-        return;
+        return false;
+    if (cc->hold)
+        return true; /* still waiting for Redis */
+    if (cc->hold_done) {
+        cc->hold_done = false;
+        return false;
+    }
     cc->tx_wrote = false;
     cc->tx_not_rc = false;
+    if (cc->ninval == 0 && !cc->inval_overflow)
+        return false;
+    h = calloc(1, sizeof(*h));
+    if (h)
+        h->cw = cw;
+    cw->hold_reply_to = h; /* the invalidations below count their replies on h */
     if (cc->inval_overflow) {
-        inval_all(c->w->cache);
+        inval_all(cw);
     } else {
         for (int i = 0; i < cc->ninval; i++)
             inval_send(c, &cc->inval[i], true);
     }
-    if (cc->ninval > 0 || cc->inval_overflow)
-        c->w->cache->st.inval_commit += (uint64_t)cc->ninval;
+    cw->hold_reply_to = NULL;
+    cw->st.inval_commit += (uint64_t)cc->ninval;
     inval_clear(cc);
+    if (!h)
+        return false;
+    if (h->pending == 0) {
+        free(h); /* nothing reached Redis (it is away): the epoch moves on when it is back */
+        return false;
+    }
+    h->cc = cc;
+    h->timer = evtimer_new(c->w->base, hold_timeout, h);
+    if (!h->timer) {
+        h->cc = NULL; /* the replies free it */
+        return false;
+    }
+    evtimer_add(h->timer, &tv);
+    cc->hold = h;
+    redis_flush(cw->redis); /* on the wire now, not at the next loop pass */
+    return true;
 }
 
 /* ---- lookups ------------------------------------------------------------------------------- */
@@ -1066,6 +1182,12 @@ static BatchResult lookup_start(Client *c, CacheClient *cc, OrmExec *x)
     if (!c->pool->catalog && !(c->pool->catalog = catalog_new(c->pool)))
         return BATCH_PASS;
     ensure_repl(cw, c->pool);
+    if (c->w->cfg->cache_invalidation == CACHE_INVAL_REPLICATION &&
+        (!c->pool->cache_repl || !repl_streaming(c->pool->cache_repl->repl))) {
+        /* writes made elsewhere are not heard now: the contract cannot be kept */
+        bypass(cw, CACHE_BYPASS_REPLICATION);
+        return BATCH_PASS;
+    }
     if (!session_ok(c, cc, &why)) {
         if (client_status(c) != 'E')
             bypass(cw, why);
@@ -1519,7 +1641,8 @@ out:
 /* ---- reports -------------------------------------------------------------------------------- */
 
 static const char *const bypass_names[CACHE_BYPASS_N] = {
-    "redis", "timeout", "error", "catalog", "table", "key", "wrote", "isolation", "session",
+    "redis", "timeout", "error",     "catalog", "table",
+    "key",   "wrote",   "isolation", "session", "replication",
 };
 
 void cache_stats(const Worker *w, CacheStats *out)

@@ -42,6 +42,7 @@ typedef enum {
     CACHE_BYPASS_WROTE,     /* the transaction has written */
     CACHE_BYPASS_ISOLATION, /* REPEATABLE READ / SERIALIZABLE, or not known to be READ COMMITTED */
     CACHE_BYPASS_SESSION,   /* the session changed role or search_path */
+    CACHE_BYPASS_REPLICATION, /* cache_invalidation = replication and the stream is not running */
     CACHE_BYPASS_N
 } CacheBypass;
 
@@ -98,9 +99,15 @@ void cache_peek(Client *c, bool on);
  */
 void cache_note_statement(Client *c, const OrmStmt *e, const char *text, const ShapeBuf *sb,
                           const OrmShapeCache *k, const ShapeValue *binds, int nbinds);
-/* The client's server sent ReadyForQuery with status: at 'I', the transaction's writes are
- * invalidated again, before the client hears of the commit. */
-void cache_ready_for_query(Client *c, char status);
+/*
+ * The client's server sent ReadyForQuery with status. At 'I' the
+ * transaction's writes are invalidated again, and the client must not hear
+ * of the commit before Redis has them (another pgcoalesce could serve the
+ * old row meanwhile): true means hold the ReadyForQuery (and what follows)
+ * in the server's input; cache.c calls server_relay again once Redis
+ * confirmed, or after cache_timeout. Then (or when false) relay it as usual.
+ */
+bool cache_commit_hold(Client *c, char status);
 
 /* Is the head item the cache's fill? */
 static inline bool cache_item(const RqItem *it)

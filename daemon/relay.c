@@ -374,10 +374,16 @@ void server_relay(Server *s)
         case 'Z':
             if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN + 1))
                 goto out;
+            if (c->cache && cache_commit_hold(c, (char)hdr[PROTO_HDR_LEN])) {
+                /* The commit's cache invalidations must be in Redis before the
+                 * client hears of it; cache.c relays again once they are. */
+                s->pool->stats.bytes_out += fwd;
+                io_forward(&c->io, s->io.in, fwd);
+                io_read(&s->io, false);
+                return;
+            }
             s->tx_status = (char)hdr[PROTO_HDR_LEN];
             stats_query_end(s);
-            if (c->cache)
-                cache_ready_for_query(c, s->tx_status); /* before the client hears of a commit */
             s->skip_until_sync = false;
             if (head && head->flags && s->tx_status != 'E') {
                 RqItem done = *head;

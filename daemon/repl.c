@@ -899,6 +899,11 @@ void repl_free(Repl *r)
     free(r);
 }
 
+bool repl_streaming(const Repl *r)
+{
+    return r && r->state == RS_STREAMING;
+}
+
 void repl_stats(const Repl *r, ReplStats *out)
 {
     *out = r->st;

@@ -58,5 +58,7 @@ typedef struct Repl Repl;
 Repl *repl_new(struct Pool *p, const ReplCallbacks *cb);
 void repl_free(Repl *r);
 void repl_stats(const Repl *r, ReplStats *out);
+/* Is the stream running (every committed change since its start is being heard)? */
+bool repl_streaming(const Repl *r);
 
 #endif

@@ -46,7 +46,8 @@ static const char SETUP_SQL[] =
     "CREATE TABLE ct_big (id bigint PRIMARY KEY);"
     "CREATE TABLE ct_text (k text PRIMARY KEY);"
     "CREATE TABLE ct_uuid (u uuid PRIMARY KEY);"
-    /* the key's order differs from the columns' */
+    /* the key's order differs from the columns': keys come in column order (b, a), the order
+     * logical replication sends key columns in */
     "CREATE TABLE ct_comp (b text, a int, PRIMARY KEY (a, b));"
     "CREATE TABLE ct_num (n numeric PRIMARY KEY);"
     "CREATE TABLE ct_nopk (x int);"
@@ -201,10 +202,10 @@ static void expect_refused(Catalog *cat, const char *schema, const char *name, c
 static void test_cacheable_tables(void **state)
 {
     static const char *const id[] = {"id"}, *const k[] = {"k"}, *const u[] = {"u"};
-    static const char *const ab[] = {"a", "b"}, *const mixed[] = {"Id"};
+    static const char *const ba[] = {"b", "a"}, *const mixed[] = {"Id"};
     static const uint32_t int4[] = {CACHE_OID_INT4}, int8[] = {CACHE_OID_INT8};
     static const uint32_t text[] = {CACHE_OID_TEXT}, uuid[] = {CACHE_OID_UUID};
-    static const uint32_t int4_text[] = {CACHE_OID_INT4, CACHE_OID_TEXT};
+    static const uint32_t text_int4[] = {CACHE_OID_TEXT, CACHE_OID_INT4};
     Catalog *cat;
 
     need_server();
@@ -217,7 +218,7 @@ static void test_cacheable_tables(void **state)
     expect_cacheable(cat, NULL, "ct_big", "ct_big", 1, id, int8);
     expect_cacheable(cat, NULL, "ct_text", "ct_text", 1, k, text);
     expect_cacheable(cat, NULL, "ct_uuid", "ct_uuid", 1, u, uuid);
-    expect_cacheable(cat, NULL, "ct_comp", "ct_comp", 2, ab, int4_text);
+    expect_cacheable(cat, NULL, "ct_comp", "ct_comp", 2, ba, text_int4);
     expect_cacheable(cat, NULL, "ct_part", "ct_part", 1, id, int4);
     expect_cacheable(cat, "Other", "MixedCase", "\"Other\".\"MixedCase\"", 1, mixed, int4);
     catalog_free(cat);
@@ -343,8 +344,11 @@ static void test_queue_bound(void **state)
 static void test_free_midway(void **state)
 {
     Catalog *cat;
+    int before;
 
     need_server();
+    /* events of the loop that are not the catalog's (a resolver's probes) stay */
+    before = event_base_get_num_events(env.w.base, EVENT_BASE_COUNT_ADDED);
     cat = catalog_new(&env.pool);
     assert_non_null(cat);
     assert_null(catalog_table(cat, NULL, "ct_int"));
@@ -357,7 +361,7 @@ static void test_free_midway(void **state)
     event_base_loop(env.w.base, EVLOOP_NONBLOCK);
     catalog_free(cat);
     spin(0.05);
-    assert_int_equal(event_base_get_num_events(env.w.base, EVENT_BASE_COUNT_ADDED), 0);
+    assert_int_equal(event_base_get_num_events(env.w.base, EVENT_BASE_COUNT_ADDED), before);
 }
 
 /* The server ends the catalog's backend: noticed while idle, counted, reopened after the backoff.
