@@ -1,11 +1,111 @@
 /* Session parameter sets and the SQL that reconciles two of them. */
 #include "daemon/params.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <ctype.h>
+
+/*
+ * Names and values are interned: ten thousand clients hold the same dozen
+ * ParameterStatus values, so each string is kept once per worker thread with
+ * a reference count (a client then costs its Param array, not two small
+ * allocations per parameter). A Param's strings point into Interned.s.
+ */
+typedef struct Interned {
+    struct Interned *next;
+    uint32_t refs;
+    uint32_t hash;
+    char s[];
+} Interned;
+
+static __thread Interned **intern_tab; /* buckets; NULL while nothing is interned */
+static __thread size_t intern_cap, intern_n;
+
+static uint32_t str_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static bool intern_grow(void)
+{
+    size_t cap = intern_cap ? intern_cap * 2 : 256;
+    Interned **t = calloc(cap, sizeof(*t));
+
+    if (!t)
+        return false;
+    for (size_t i = 0; i < intern_cap; i++)
+        while (intern_tab[i]) {
+            Interned *e = intern_tab[i];
+            intern_tab[i] = e->next;
+            e->next = t[e->hash & (cap - 1)];
+            t[e->hash & (cap - 1)] = e;
+        }
+    free(intern_tab);
+    intern_tab = t;
+    intern_cap = cap;
+    return true;
+}
+
+/* A reference to the interned copy of s; NULL when out of memory. */
+static char *intern(const char *s)
+{
+    uint32_t h = str_hash(s);
+    size_t n = strlen(s);
+    Interned *e;
+
+    if (intern_cap && intern_tab)
+        for (e = intern_tab[h & (intern_cap - 1)]; e; e = e->next)
+            if (e->hash == h && strcmp(e->s, s) == 0) {
+                e->refs++;
+                return e->s;
+            }
+    if ((intern_n + 1 > intern_cap / 2 * 3 || !intern_tab) && !intern_grow())
+        return NULL;
+    e = malloc(sizeof(*e) + n + 1);
+    if (!e)
+        return NULL;
+    e->refs = 1;
+    e->hash = h;
+    memcpy(e->s, s, n + 1);
+    e->next = intern_tab[h & (intern_cap - 1)];
+    intern_tab[h & (intern_cap - 1)] = e;
+    intern_n++;
+    return e->s;
+}
+
+static char *intern_ref(char *s)
+{
+    ((Interned *)(s - offsetof(Interned, s)))->refs++;
+    return s;
+}
+
+/* Drop a reference from intern(); NULL is fine. */
+static void unintern(char *s)
+{
+    Interned *e, **pp;
+
+    if (!s)
+        return;
+    e = (Interned *)(s - offsetof(Interned, s));
+    if (--e->refs > 0)
+        return;
+    for (pp = &intern_tab[e->hash & (intern_cap - 1)]; *pp != e; pp = &(*pp)->next)
+        ;
+    *pp = e->next;
+    free(e);
+    if (--intern_n == 0) {
+        free(intern_tab); /* nothing left: no table either */
+        intern_tab = NULL;
+        intern_cap = 0;
+    }
+}
 
 void params_init(ParamSet *ps)
 {
@@ -29,8 +129,8 @@ static uint64_t param_digest(const char *name, const char *value)
 void params_free(ParamSet *ps)
 {
     for (int i = 0; i < ps->n; i++) {
-        free(ps->v[i].name);
-        free(ps->v[i].value);
+        unintern(ps->v[i].name);
+        unintern(ps->v[i].value);
     }
     free(ps->v);
     params_init(ps);
@@ -50,6 +150,52 @@ const char *params_get(const ParamSet *ps, const char *name)
     return p ? p->value : NULL;
 }
 
+/* Make room for one more Param; false when out of memory. */
+static bool params_room(ParamSet *ps, int more)
+{
+    int cap;
+    Param *nv;
+
+    if (ps->n + more <= ps->cap)
+        return true;
+    cap = ps->cap ? ps->cap : 4;
+    while (cap < ps->n + more)
+        cap *= 2;
+    nv = realloc(ps->v, sizeof(*nv) * (size_t)cap);
+    if (!nv)
+        return false;
+    ps->v = nv;
+    ps->cap = cap;
+    return true;
+}
+
+/* Set name (interned) to the interned value v, taking over v's reference. */
+static bool params_put(ParamSet *ps, const char *name, char *v)
+{
+    Param *p = params_find(ps, name);
+
+    if (p) {
+        ps->digest -= param_digest(p->name, p->value);
+        unintern(p->value);
+        p->value = v;
+        ps->digest += param_digest(p->name, p->value);
+        return true;
+    }
+    if (!params_room(ps, 1)) {
+        unintern(v);
+        return false;
+    }
+    ps->v[ps->n].name = intern(name);
+    if (!ps->v[ps->n].name) {
+        unintern(v);
+        return false;
+    }
+    ps->v[ps->n].value = v;
+    ps->digest += param_digest(name, v);
+    ps->n++;
+    return true;
+}
+
 bool params_set(ParamSet *ps, const char *name, const char *value)
 {
     Param *p = params_find(ps, name);
@@ -57,35 +203,8 @@ bool params_set(ParamSet *ps, const char *name, const char *value)
 
     if (p && strcmp(p->value, value) == 0)
         return true;
-    v = strdup(value);
-    if (!v)
-        return false;
-    if (p) {
-        ps->digest -= param_digest(p->name, p->value);
-        free(p->value);
-        p->value = v;
-        ps->digest += param_digest(p->name, p->value);
-        return true;
-    }
-    if (ps->n == ps->cap) {
-        int cap = ps->cap ? ps->cap * 2 : 16;
-        Param *nv = realloc(ps->v, sizeof(*nv) * (size_t)cap);
-        if (!nv) {
-            free(v);
-            return false;
-        }
-        ps->v = nv;
-        ps->cap = cap;
-    }
-    ps->v[ps->n].name = strdup(name);
-    if (!ps->v[ps->n].name) {
-        free(v);
-        return false;
-    }
-    ps->v[ps->n].value = v;
-    ps->digest += param_digest(name, value);
-    ps->n++;
-    return true;
+    v = intern(value);
+    return v && params_put(ps, name, v);
 }
 
 bool params_assign(ParamSet *dst, const ParamSet *src)
@@ -96,9 +215,25 @@ bool params_assign(ParamSet *dst, const ParamSet *src)
 
 bool params_copy(ParamSet *dst, const ParamSet *src)
 {
-    for (int i = 0; i < src->n; i++)
-        if (!params_set(dst, src->v[i].name, src->v[i].value))
+    if (dst->n == 0) {
+        /* the common case (a login, a backend taking a client's values): references only */
+        if (!params_room(dst, src->n))
             return false;
+        for (int i = 0; i < src->n; i++) {
+            dst->v[i].name = intern_ref(src->v[i].name);
+            dst->v[i].value = intern_ref(src->v[i].value);
+        }
+        dst->n = src->n;
+        dst->digest = src->digest;
+        return true;
+    }
+    for (int i = 0; i < src->n; i++) {
+        Param *p = params_find(dst, src->v[i].name);
+        if (p && p->value == src->v[i].value)
+            continue; /* the same interned string */
+        if (!params_put(dst, src->v[i].name, intern_ref(src->v[i].value)))
+            return false;
+    }
     return true;
 }
 
@@ -224,7 +359,7 @@ void params_remove(ParamSet *ps, const char *name)
     if (!p)
         return;
     ps->digest -= param_digest(p->name, p->value);
-    free(p->name);
-    free(p->value);
+    unintern(p->name);
+    unintern(p->value);
     *p = ps->v[--ps->n];
 }
