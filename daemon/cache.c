@@ -1670,6 +1670,8 @@ static void repl_sum(const CacheWorker *cw, ReplStats *sum, int *streaming)
         sum->transactions += rs.transactions;
         sum->rows += rs.rows;
         sum->tables += rs.tables;
+        sum->rechecked += rs.rechecked;
+        sum->unchecked += rs.unchecked;
         if (rs.max_lag > sum->max_lag)
             sum->max_lag = rs.max_lag;
         sum->last_lag = rs.last_lag;
@@ -1735,6 +1737,8 @@ bool cache_report_row(const Worker *w, int i, const char **name, char *value, si
     ROW("replication_lag_ms", "%.1f", rp.last_lag * 1e3);
     ROW("replication_max_lag_ms", "%.1f", rp.max_lag * 1e3);
     ROW("replication_failures", "%" PRIu64, rp.failures);
+    ROW("replication_rechecked", "%" PRIu64, rp.rechecked);
+    ROW("replication_unchecked", "%" PRIu64, rp.unchecked);
     ROW("replication_last_error", "%s", rp.last_error);
 #undef ROW
     return false;

@@ -34,6 +34,16 @@
 #define REPL_RELS_MIN      64   /* first size of the relation table */
 #define REPL_QUERY_MAX     512  /* longest command sent (names are bounded by NAMEDATALEN) */
 
+/* The second round (repl.h "Two rounds"). */
+#define REPL_CHECK_GAP      0.002 /* seconds between checks: at most 500 a second */
+#define REPL_CHECK_GAP_MAX  0.1   /* ... and for a commit held long, every 100 ms */
+#define REPL_CHECK_FALLBACK 0.2   /* no check connection: second round this long after Commit */
+#define REPL_CHECK_TIMEOUT  2.0   /* a check unanswered this long: the connection is failing */
+#define REPL_PENDING_KEYS   10000 /* keys kept, over all pending transactions */
+#define REPL_PENDING_TABLES 256   /* relids kept per pending transaction; beyond, all() */
+#define REPL_PENDING_XACTS  10000 /* pending transactions; beyond, the last absorbs the next */
+#define REPL_PENDING_MIN    16    /* first size of the pending array, allocated up front */
+
 /* One connection attempt moves through these in order; RS_WAIT between attempts. */
 typedef enum {
     RS_WAIT,        /* no connection; retry is pending */
@@ -55,6 +65,34 @@ typedef struct RelInfo {
     int key_col[CACHE_KEY_COLS]; /* positions in the tuple, ascending */
     uint32_t key_type[CACHE_KEY_COLS];
 } RelInfo;
+
+/*
+ * A transaction whose changes were heard (first round) and whose commit
+ * may not be visible to other sessions yet: what its first round called,
+ * to be called again (second round) once its xid is visible to a new
+ * snapshot. Keys are stored one after another as relid (4 bytes), length
+ * (2 bytes), key.
+ */
+typedef struct ReplPending {
+    uint32_t xid;     /* from Begin; merged: the newest of the transactions */
+    bool merged;      /* stands for several transactions: visible once xid < xmin */
+    bool all;         /* call all() (the relids overflowed); keys and tables are empty */
+    uint64_t seq;     /* order of Commit; merged: the newest */
+    double committed; /* now_sec() at Commit; merged: the newest */
+    char *keys;
+    size_t keys_len, keys_cap;
+    size_t nkeys;
+    uint32_t *tables;
+    size_t ntables, tables_cap;
+} ReplPending;
+
+/* The visibility check connection (ordinary, not replication). */
+typedef enum {
+    CK_DOWN,       /* none; the next try at ck_retry_at, while streaming */
+    CK_CONNECTING, /* PQconnectPoll */
+    CK_IDLE,       /* connected, nothing sent */
+    CK_BUSY,       /* a snapshot query is in flight */
+} CheckState;
 
 /*
  * What a DNS lookup's callback gets: libevent may run it after a cancel,
@@ -89,11 +127,33 @@ struct Repl {
     RelInfo *rels; /* open addressing on relid */
     size_t rels_cap;
     size_t rels_used;
+    /* the second round: committed transactions maybe not visible yet */
+    ReplPending cur;   /* the transaction between Begin and Commit */
+    ReplPending *pend; /* committed, in Commit order */
+    size_t npend;
+    size_t pend_cap;
+    size_t pend_keys;      /* keys held by cur and pend */
+    uint64_t pend_seq;     /* the last seq given */
+    struct event *recheck; /* one-shot: the next check, or the fallback */
+    /* the visibility check: SELECT pg_current_snapshot() on a connection of its own */
+    CheckState ck;
+    PGconn *ck_conn;
+    struct event *ck_io; /* on PQsocket(ck_conn) */
+    short ck_io_what;
+    double ck_since;    /* connect started, or the query sent */
+    double ck_last;     /* the last query sent */
+    double ck_retry_at; /* CK_DOWN: no new connection before this */
+    double ck_backoff;
+    uint64_t ck_seq; /* the query in flight answers for pending entries with seq <= this */
+    bool ck_pg13;    /* pg_current_snapshot(), else txid_current_snapshot() */
+    uint64_t *xip;   /* the last snapshot's in-progress xids, sorted */
+    size_t xip_cap;
     ReplStats st;
 };
 
 static void repl_io_cb(evutil_socket_t fd, short what, void *arg);
 static void repl_step(Repl *r);
+static void pend_drop(Repl *r);
 
 /* ---- teardown and retry -------------------------------------------------- */
 
@@ -120,6 +180,8 @@ static void repl_close(Repl *r)
         memset(r->rels, 0, r->rels_cap * sizeof(*r->rels));
     r->rels_used = 0;
     r->in_xact = false;
+    /* the next stream starts with all(): what was pending needs nothing more */
+    pend_drop(r);
 }
 
 /* One line of s: libpq's newlines and tabs become single spaces, none at the end. */
@@ -368,6 +430,541 @@ static bool repl_setup_done(Repl *r)
     }
 }
 
+/* ---- the second round: pending transactions -------------------------------- */
+
+/* Free what e holds (its keys leave the budget); e stays with its xid, seq and time. */
+static void pend_release(Repl *r, ReplPending *e)
+{
+    r->pend_keys -= e->nkeys;
+    free(e->keys);
+    free(e->tables);
+    e->keys = NULL;
+    e->keys_len = e->keys_cap = e->nkeys = 0;
+    e->tables = NULL;
+    e->ntables = e->tables_cap = 0;
+}
+
+/* Everything, the second time: nothing else needs keeping. */
+static void pend_set_all(Repl *r, ReplPending *e)
+{
+    pend_release(r, e);
+    e->all = true;
+}
+
+static void pend_table(Repl *r, ReplPending *e, uint32_t relid)
+{
+    uint32_t *tables;
+    size_t cap;
+
+    if (e->all)
+        return;
+    for (size_t i = 0; i < e->ntables; i++)
+        if (e->tables[i] == relid)
+            return;
+    if (e->ntables == REPL_PENDING_TABLES) {
+        pend_set_all(r, e);
+        return;
+    }
+    if (e->ntables == e->tables_cap) {
+        cap = e->tables_cap ? e->tables_cap * 2 : 8;
+        if (cap > REPL_PENDING_TABLES)
+            cap = REPL_PENDING_TABLES;
+        tables = realloc(e->tables, cap * sizeof(*tables));
+        if (!tables) {
+            pend_set_all(r, e);
+            return;
+        }
+        e->tables = tables;
+        e->tables_cap = cap;
+    }
+    e->tables[e->ntables++] = relid;
+}
+
+/* Room for need more bytes of keys; false when out of memory. */
+static bool pend_keys_room(ReplPending *e, size_t need)
+{
+    size_t cap = e->keys_cap ? e->keys_cap : 256;
+    char *keys;
+
+    if (e->keys_len + need <= e->keys_cap)
+        return true;
+    while (cap < e->keys_len + need)
+        cap *= 2;
+    keys = realloc(e->keys, cap);
+    if (!keys)
+        return false;
+    e->keys = keys;
+    e->keys_cap = cap;
+    return true;
+}
+
+/* A key of the open transaction; over the budget, its table instead. */
+static void pend_key(Repl *r, uint32_t relid, const char *key, size_t len)
+{
+    ReplPending *e = &r->cur;
+    uint16_t len16 = (uint16_t)len;
+
+    if (e->all)
+        return;
+    if (r->pend_keys >= REPL_PENDING_KEYS || len > UINT16_MAX ||
+        !pend_keys_room(e, sizeof(relid) + sizeof(len16) + len)) {
+        pend_table(r, e, relid);
+        return;
+    }
+    memcpy(e->keys + e->keys_len, &relid, sizeof(relid));
+    memcpy(e->keys + e->keys_len + sizeof(relid), &len16, sizeof(len16));
+    memcpy(e->keys + e->keys_len + sizeof(relid) + sizeof(len16), key, len);
+    e->keys_len += sizeof(relid) + sizeof(len16) + len;
+    e->nkeys++;
+    r->pend_keys++;
+}
+
+/* src (released) into dst: one entry, visible when the newest of them is below xmin. */
+static void pend_merge(Repl *r, ReplPending *dst, ReplPending *src)
+{
+    dst->merged = true;
+    if ((int32_t)(src->xid - dst->xid) > 0)
+        dst->xid = src->xid;
+    dst->seq = src->seq;
+    dst->committed = src->committed;
+    if (src->all || dst->all || !pend_keys_room(dst, src->keys_len)) {
+        pend_release(r, src);
+        pend_set_all(r, dst);
+        return;
+    }
+    if (src->keys_len)
+        memcpy(dst->keys + dst->keys_len, src->keys, src->keys_len);
+    dst->keys_len += src->keys_len;
+    dst->nkeys += src->nkeys;
+    r->pend_keys += src->nkeys;
+    for (size_t i = 0; i < src->ntables; i++)
+        pend_table(r, dst, src->tables[i]);
+    pend_release(r, src);
+}
+
+/* Every pending transaction forgotten (the stream broke, or r goes away). */
+static void pend_drop(Repl *r)
+{
+    pend_release(r, &r->cur);
+    memset(&r->cur, 0, sizeof(r->cur));
+    for (size_t i = 0; i < r->npend; i++)
+        pend_release(r, &r->pend[i]);
+    r->npend = 0;
+    if (r->recheck)
+        evtimer_del(r->recheck);
+}
+
+/* The second round of e. */
+static void pend_fire(Repl *r, const ReplPending *e)
+{
+    size_t off = 0;
+
+    if (e->all) {
+        r->st.rechecked++;
+        r->cb.all(r->cb.arg);
+        return;
+    }
+    while (off < e->keys_len) {
+        uint32_t relid;
+        uint16_t len;
+
+        memcpy(&relid, e->keys + off, sizeof(relid));
+        memcpy(&len, e->keys + off + sizeof(relid), sizeof(len));
+        off += sizeof(relid) + sizeof(len);
+        r->st.rechecked++;
+        r->cb.row(r->cb.arg, relid, e->keys + off, len);
+        off += len;
+    }
+    for (size_t i = 0; i < e->ntables; i++) {
+        r->st.rechecked++;
+        r->cb.table(r->cb.arg, e->tables[i]);
+    }
+}
+
+/* In 64 bits, against the snapshot's xmax (its epoch): false when not assigned before it. */
+static bool xid_full(uint32_t xid, uint64_t xmax, uint64_t *full)
+{
+    int32_t d = (int32_t)((uint32_t)xmax - xid);
+
+    if (d <= 0)
+        return false;
+    /* from before the first epoch's start: cannot be, older than anything */
+    *full = (uint64_t)d > xmax ? 0 : xmax - (uint64_t)d;
+    return true;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Does a snapshot with xmin, xmax and the sorted xip see e's commit? */
+static bool pend_visible(const ReplPending *e, uint64_t xmin, uint64_t xmax, const uint64_t *xip,
+                         size_t nxip)
+{
+    uint64_t full;
+
+    if (!xid_full(e->xid, xmax, &full))
+        return false;
+    if (full < xmin)
+        return true;
+    if (e->merged)
+        return false;
+    return nxip == 0 || !bsearch(&full, xip, nxip, sizeof(*xip), cmp_u64);
+}
+
+/* The fallback, without a check: the second round of what committed 200 ms ago. */
+static void pend_fallback(Repl *r)
+{
+    double now = now_sec();
+    size_t n = 0;
+
+    for (size_t i = 0; i < r->npend; i++) {
+        ReplPending *e = &r->pend[i];
+
+        if (e->committed + REPL_CHECK_FALLBACK <= now + 0.0005) {
+            r->st.unchecked++;
+            pend_fire(r, e);
+            pend_release(r, e);
+        } else {
+            r->pend[n++] = *e;
+        }
+    }
+    r->npend = n;
+}
+
+static void ck_send(Repl *r);
+
+/* Arrange what comes next for the pending transactions: a check, or the fallback. */
+static void pend_schedule(Repl *r)
+{
+    double now, at;
+    struct timeval tv;
+
+    if (r->npend == 0) {
+        evtimer_del(r->recheck);
+        return;
+    }
+    now = now_sec();
+    switch (r->ck) {
+    case CK_BUSY:
+        /* its answer schedules again; a stuck one is failed by the tick */
+        evtimer_del(r->recheck);
+        return;
+    case CK_IDLE: {
+        /* 2 ms apart while commits are fresh (the usual window is far
+         * shorter); a commit held longer (a synchronous standby) is asked
+         * about less often: a tenth of its age, at most every 100 ms. */
+        double gap = (now - r->pend[0].committed) / 10;
+        if (gap < REPL_CHECK_GAP)
+            gap = REPL_CHECK_GAP;
+        if (gap > REPL_CHECK_GAP_MAX)
+            gap = REPL_CHECK_GAP_MAX;
+        at = r->ck_last + gap;
+        if (at <= now) {
+            ck_send(r);
+            return;
+        }
+        break;
+    }
+    default:
+        /* the oldest commit comes first (a merged entry is the last) */
+        at = r->pend[0].committed + REPL_CHECK_FALLBACK;
+        break;
+    }
+    if (at < now)
+        at = now;
+    tv.tv_sec = (time_t)(at - now);
+    tv.tv_usec = (suseconds_t)((at - now - (double)tv.tv_sec) * 1e6) + 1;
+    if (evtimer_add(r->recheck, &tv) < 0)
+        log_error("replication %s: cannot schedule a visibility check", r->p->dbname);
+}
+
+static void pend_recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+    Repl *r = arg;
+
+    if (r->ck == CK_DOWN || r->ck == CK_CONNECTING)
+        pend_fallback(r);
+    pend_schedule(r);
+}
+
+/* Begin: a new transaction to remember. */
+static void pend_begin(Repl *r, uint32_t xid)
+{
+    pend_release(r, &r->cur);
+    memset(&r->cur, 0, sizeof(r->cur));
+    r->cur.xid = xid;
+}
+
+/* Commit: the open transaction waits for its commit to be visible. */
+static void pend_commit(Repl *r)
+{
+    ReplPending *e = &r->cur;
+    ReplPending *pend;
+    size_t cap;
+
+    if (!e->all && e->nkeys == 0 && e->ntables == 0)
+        return;
+    e->seq = ++r->pend_seq;
+    e->committed = now_sec();
+    if (r->npend == r->pend_cap && r->npend < REPL_PENDING_XACTS) {
+        cap = r->pend_cap * 2 > REPL_PENDING_XACTS ? REPL_PENDING_XACTS : r->pend_cap * 2;
+        pend = realloc(r->pend, cap * sizeof(*pend));
+        if (pend) {
+            r->pend = pend;
+            r->pend_cap = cap;
+        }
+    }
+    /* full (or out of memory): the last one absorbs it (there is one: the first room was made up
+     * front) */
+    if (r->npend == r->pend_cap)
+        pend_merge(r, &r->pend[r->npend - 1], e);
+    else
+        r->pend[r->npend++] = *e;
+    memset(e, 0, sizeof(*e));
+    pend_schedule(r);
+}
+
+/* ---- the visibility check connection ------------------------------------------ */
+
+static void ck_io_cb(evutil_socket_t fd, short what, void *arg);
+
+static void ck_close(Repl *r)
+{
+    if (r->ck_io) {
+        event_free(r->ck_io);
+        r->ck_io = NULL;
+    }
+    if (r->ck_conn) {
+        PQfinish(r->ck_conn);
+        r->ck_conn = NULL;
+    }
+    r->ck = CK_DOWN;
+}
+
+/* Close, log, retry later (while streaming); meanwhile the pending ones fall back. */
+static void ck_fail(Repl *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ck_fail(Repl *r, const char *fmt, ...)
+{
+    char msg[sizeof(r->st.last_error)];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    tidy_message(msg);
+    log_warning("replication %s@%s:%d/%s: visibility check: %s (retrying in %.0f s; until then "
+                "changes are heard again %.0f ms after their commit)",
+                r->p->server_user, r->p->host, r->p->port, r->p->dbname, msg, r->ck_backoff,
+                REPL_CHECK_FALLBACK * 1000);
+    ck_close(r);
+    r->ck_retry_at = now_sec() + r->ck_backoff;
+    r->ck_backoff = r->ck_backoff * 2 > REPL_BACKOFF_MAX ? REPL_BACKOFF_MAX : r->ck_backoff * 2;
+    pend_schedule(r);
+}
+
+/* As repl_watch, for the check connection. */
+static bool ck_watch(Repl *r, short what, bool force)
+{
+    int fd = PQsocket(r->ck_conn);
+
+    if (fd < 0) {
+        ck_fail(r, "connection has no socket: %s", PQerrorMessage(r->ck_conn));
+        return false;
+    }
+    if (r->ck_io && !force && r->ck_io_what == what)
+        return true;
+    if (r->ck_io)
+        event_free(r->ck_io);
+    r->ck_io = event_new(r->p->w->base, fd, what | EV_PERSIST, ck_io_cb, r);
+    if (!r->ck_io || event_add(r->ck_io, NULL) < 0) {
+        ck_fail(r, "cannot watch the socket");
+        return false;
+    }
+    r->ck_io_what = what;
+    return true;
+}
+
+static bool ck_flush(Repl *r)
+{
+    int rc = PQflush(r->ck_conn);
+
+    if (rc < 0) {
+        ck_fail(r, "send failed: %s", PQerrorMessage(r->ck_conn));
+        return false;
+    }
+    return ck_watch(r, rc ? EV_READ | EV_WRITE : EV_READ, false);
+}
+
+/* Ask for a snapshot; it answers for every transaction pending now. */
+static void ck_send(Repl *r)
+{
+    const char *q = r->ck_pg13 ? "SELECT pg_catalog.pg_current_snapshot()::text"
+                               : "SELECT pg_catalog.txid_current_snapshot()::text";
+
+    if (!PQsendQuery(r->ck_conn, q)) {
+        ck_fail(r, "cannot send the query: %s", PQerrorMessage(r->ck_conn));
+        return;
+    }
+    r->ck = CK_BUSY;
+    r->ck_since = r->ck_last = now_sec();
+    r->ck_seq = r->pend_seq;
+    (void)ck_flush(r);
+}
+
+/* Start the check connection, to the host the stream resolved (libpq must not resolve). */
+static void ck_connect(Repl *r)
+{
+    const char *keys[UPSTREAM_MAX_PARAMS + 1], *vals[UPSTREAM_MAX_PARAMS + 1];
+    int n = 0;
+
+    upstream_conninfo(r->p, false, keys, vals);
+    while (keys[n])
+        n++;
+    if (r->hostaddr[0]) {
+        keys[n] = "hostaddr";
+        vals[n++] = r->hostaddr;
+        keys[n] = vals[n] = NULL;
+    }
+    r->ck = CK_CONNECTING;
+    r->ck_since = now_sec();
+    r->ck_conn = PQconnectStartParams(keys, vals, 0);
+    if (!r->ck_conn) {
+        ck_fail(r, "cannot connect: out of memory");
+        return;
+    }
+    if (PQstatus(r->ck_conn) == CONNECTION_BAD) {
+        ck_fail(r, "cannot connect: %s", PQerrorMessage(r->ck_conn));
+        return;
+    }
+    (void)ck_watch(r, EV_WRITE, true);
+}
+
+/* "xmin:xmax:xip,..." into the snapshot; false when it is not one. */
+static bool ck_parse(Repl *r, const char *s, uint64_t *xmin, uint64_t *xmax, size_t *nxip)
+{
+    char *end;
+    size_t n = 0, cap;
+    uint64_t *xip;
+
+    *xmin = strtoull(s, &end, 10);
+    if (end == s || *end != ':')
+        return false;
+    s = end + 1;
+    *xmax = strtoull(s, &end, 10);
+    if (end == s || *end != ':')
+        return false;
+    s = end + 1;
+    while (*s) {
+        if (n == r->xip_cap) {
+            cap = r->xip_cap ? r->xip_cap * 2 : 64;
+            xip = realloc(r->xip, cap * sizeof(*xip));
+            if (!xip)
+                return false;
+            r->xip = xip;
+            r->xip_cap = cap;
+        }
+        r->xip[n++] = strtoull(s, &end, 10);
+        if (end == s || (*end != ',' && *end != 0))
+            return false;
+        s = *end ? end + 1 : end;
+    }
+    if (n > 1)
+        qsort(r->xip, n, sizeof(*r->xip), cmp_u64);
+    *nxip = n;
+    return true;
+}
+
+/* A snapshot came: the second round of every pending transaction it sees committed. */
+static bool ck_apply(Repl *r, const char *snapshot)
+{
+    uint64_t xmin, xmax;
+    size_t nxip = 0, n = 0;
+
+    if (!ck_parse(r, snapshot, &xmin, &xmax, &nxip))
+        return false;
+    for (size_t i = 0; i < r->npend; i++) {
+        ReplPending *e = &r->pend[i];
+
+        /* a later Commit than the query: the snapshot may be older than its xid */
+        if (e->seq <= r->ck_seq && pend_visible(e, xmin, xmax, r->xip, nxip)) {
+            pend_fire(r, e);
+            pend_release(r, e);
+        } else {
+            r->pend[n++] = *e;
+        }
+    }
+    r->npend = n;
+    return true;
+}
+
+/* The check's results; then the next check, if any is needed. */
+static void ck_read(Repl *r)
+{
+    while (!PQisBusy(r->ck_conn)) {
+        PGresult *res = PQgetResult(r->ck_conn);
+        bool ok;
+
+        if (!res) {
+            r->ck = CK_IDLE;
+            pend_schedule(r);
+            return;
+        }
+        ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1 &&
+             ck_apply(r, PQgetvalue(res, 0, 0));
+        if (!ok) {
+            ck_fail(r, "%s",
+                    PQresultStatus(res) == PGRES_TUPLES_OK ? "not a snapshot" : result_error(res));
+            PQclear(res);
+            return;
+        }
+        PQclear(res);
+        r->ck_backoff = REPL_BACKOFF_MIN;
+    }
+}
+
+static void ck_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    Repl *r = arg;
+
+    if (r->ck == CK_CONNECTING) {
+        switch (PQconnectPoll(r->ck_conn)) {
+        case PGRES_POLLING_READING:
+            (void)ck_watch(r, EV_READ, true);
+            return;
+        case PGRES_POLLING_WRITING:
+            (void)ck_watch(r, EV_WRITE, true);
+            return;
+        case PGRES_POLLING_OK:
+            if (PQsetnonblocking(r->ck_conn, 1) != 0) {
+                ck_fail(r, "cannot make the connection non-blocking: %s",
+                        PQerrorMessage(r->ck_conn));
+                return;
+            }
+            r->ck_pg13 = PQserverVersion(r->ck_conn) >= 130000;
+            r->ck = CK_IDLE;
+            if (ck_watch(r, EV_READ, false))
+                pend_schedule(r);
+            return;
+        default:
+            ck_fail(r, "cannot connect: %s", PQerrorMessage(r->ck_conn));
+            return;
+        }
+    }
+    if ((what & EV_WRITE) && !ck_flush(r))
+        return;
+    if (((what & EV_READ) && !PQconsumeInput(r->ck_conn)) ||
+        PQstatus(r->ck_conn) == CONNECTION_BAD) {
+        ck_fail(r, "connection lost: %s", PQerrorMessage(r->ck_conn));
+        return;
+    }
+    if (r->ck == CK_BUSY)
+        ck_read(r);
+}
+
 /* ---- relations ------------------------------------------------------------- */
 
 static size_t rel_slot(const Repl *r, uint32_t relid)
@@ -438,6 +1035,8 @@ static void repl_table(Repl *r, uint32_t relid)
 {
     r->st.tables++;
     r->cb.table(r->cb.arg, relid);
+    if (r->in_xact)
+        pend_table(r, &r->cur, relid);
 }
 
 static bool repl_relation(Repl *r, const PgoMsg *m)
@@ -509,6 +1108,8 @@ static void repl_change(Repl *r, const PgoMsg *m)
     for (int i = 0; i < n; i++) {
         r->st.rows++;
         r->cb.row(r->cb.arg, m->u.change.relid, keys[i].buf, keys[i].len);
+        if (r->in_xact)
+            pend_key(r, m->u.change.relid, keys[i].buf, keys[i].len);
     }
     return;
 table:
@@ -538,6 +1139,8 @@ static void repl_commit(Repl *r, const PgoMsg *m)
     if (m->u.commit.end_lsn > r->lsn)
         r->lsn = m->u.commit.end_lsn;
     r->in_xact = false;
+    /* sent once its commit record was flushed: other sessions may not see it yet */
+    pend_commit(r);
 }
 
 /* One pgoutput message; false when r failed. */
@@ -554,6 +1157,7 @@ static bool repl_message(Repl *r, const uint8_t *p, size_t len)
     switch (m.kind) {
     case PGO_BEGIN:
         r->in_xact = true;
+        pend_begin(r, m.u.begin.xid);
         return true;
     case PGO_COMMIT:
         repl_commit(r, &m);
@@ -628,6 +1232,8 @@ static void repl_stream_started(Repl *r)
              r->p->host, r->p->port, r->p->dbname, r->slot, repl_publication(r));
     /* whatever was written while no stream ran is unknown */
     r->cb.all(r->cb.arg);
+    if (r->ck == CK_DOWN && now >= r->ck_retry_at)
+        ck_connect(r);
 }
 
 /* Drain the CopyData libpq has; false when r failed. */
@@ -845,6 +1451,12 @@ static void repl_tick_cb(evutil_socket_t fd, short what, void *arg)
     Repl *r = arg;
     double now = now_sec();
 
+    if (r->ck == CK_CONNECTING && now - r->ck_since > REPL_CONNECT_SEC)
+        ck_fail(r, "connecting timed out");
+    else if (r->ck == CK_BUSY && now - r->ck_since > REPL_CHECK_TIMEOUT)
+        ck_fail(r, "no answer in %.0f s", REPL_CHECK_TIMEOUT);
+    else if (r->ck == CK_DOWN && r->state == RS_STREAMING && now >= r->ck_retry_at)
+        ck_connect(r);
     if ((r->state == RS_RESOLVING || r->state == RS_CONNECTING) &&
         now - r->attempt_since > REPL_CONNECT_SEC) {
         repl_fail(r, "connecting timed out");
@@ -873,12 +1485,16 @@ Repl *repl_new(struct Pool *p, const ReplCallbacks *cb)
     r->p = p;
     r->cb = *cb;
     r->backoff = REPL_BACKOFF_MIN;
+    r->ck_backoff = REPL_BACKOFF_MIN;
     r->rels_cap = REPL_RELS_MIN;
     r->rels = calloc(r->rels_cap, sizeof(*r->rels));
+    r->pend_cap = REPL_PENDING_MIN;
+    r->pend = calloc(r->pend_cap, sizeof(*r->pend));
     r->retry = evtimer_new(p->w->base, repl_retry_cb, r);
     r->tick = event_new(p->w->base, -1, EV_PERSIST, repl_tick_cb, r);
-    if (!r->rels || !r->retry || !r->tick || event_add(r->tick, &second) < 0 ||
-        event_add(r->retry, &zero) < 0) {
+    r->recheck = evtimer_new(p->w->base, pend_recheck_cb, r);
+    if (!r->rels || !r->pend || !r->retry || !r->tick || !r->recheck ||
+        event_add(r->tick, &second) < 0 || event_add(r->retry, &zero) < 0) {
         repl_free(r);
         return NULL;
     }
@@ -891,11 +1507,16 @@ void repl_free(Repl *r)
     if (!r)
         return;
     repl_close(r);
+    ck_close(r);
     if (r->retry)
         event_free(r->retry);
     if (r->tick)
         event_free(r->tick);
+    if (r->recheck)
+        event_free(r->recheck);
     free(r->rels);
+    free(r->pend);
+    free(r->xip);
     free(r);
 }
 

@@ -13,6 +13,26 @@
  * FOR ALL TABLES, created when missing (that needs a superuser; otherwise
  * name one in cache_publication). Needs wal_level = logical and a user with
  * the REPLICATION attribute.
+ *
+ * Two rounds. PostgreSQL sends a transaction's changes once its commit
+ * record is flushed, which can be before other sessions see the commit (a
+ * short window with synchronous_commit = on; as long as the wait for a
+ * standby with synchronous replication). A read in that window gets the old
+ * row and would store it under the version the first round made. So every
+ * committed transaction's callbacks are made twice: when its changes arrive
+ * (first round, before its Commit is even decoded) and again once its xid is
+ * visible to a new snapshot (second round), which a second, ordinary
+ * connection of the Repl's own finds out: SELECT pg_current_snapshot()
+ * (txid_current_snapshot() before PostgreSQL 13), one at a time, at most
+ * every 2 ms while some transaction is pending. The second round repeats
+ * the first round's row() and table() calls of the transaction (Relation
+ * messages' table() included); when more than 10,000 keys are pending over
+ * all transactions, the further keys' relids get table() instead, and when
+ * a transaction named more than 256 relids, it gets all(). While that
+ * connection is down (or a check goes unanswered for 2 s) the second round
+ * comes 200 ms after the Commit instead, counted in unchecked. What was
+ * pending when the stream breaks, or the Repl is freed, is dropped: the next
+ * stream starts with all().
  */
 #ifndef PGC_DAEMON_REPL_H
 #define PGC_DAEMON_REPL_H
@@ -26,6 +46,7 @@ struct Pool;
 #define REPL_OWN_PUBLICATION "pgcoalesce_cache"
 
 typedef struct ReplCallbacks {
+    /* Each is made twice for each committed change (see "Two rounds" above). */
     /* A row changed: key is its primary key, canonical (orm/cache_key.h). */
     void (*row)(void *arg, uint32_t relid, const char *key, size_t keylen);
     /* Some rows of a table changed whose keys are not known (TRUNCATE, a
@@ -41,8 +62,10 @@ typedef struct ReplStats {
     uint64_t connects;     /* streams started */
     uint64_t failures;     /* connection, slot or stream failures */
     uint64_t transactions; /* commits received */
-    uint64_t rows;         /* row callbacks made */
-    uint64_t tables;       /* table callbacks made */
+    uint64_t rows;         /* row callbacks made (first round) */
+    uint64_t tables;       /* table callbacks made (first round) */
+    uint64_t rechecked;    /* second-round callbacks made (row, table and all) */
+    uint64_t unchecked;    /* transactions whose second round came on the 200 ms fallback */
     double last_lag;       /* seconds from the last commit to its arrival here */
     double max_lag;
     char last_error[160];

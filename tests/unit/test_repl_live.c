@@ -4,8 +4,10 @@
  * all(), row changes arrive as row() with canonical keys, what cannot be
  * keyed as table(), a killed walsender is followed by a reconnect and
  * another all(), status updates reach the server, and repl_free is safe in
- * every phase. Skipped unless PGC_TEST_PG_PORT names the server's port
- * (host 127.0.0.1, user PGC_TEST_PG_USER or postgres, database postgres).
+ * every phase. Each committed change is heard twice: when it arrives and
+ * again once its commit is visible to other sessions, which with
+ * synchronous replication waiting for a standby can be much later. Skipped unless PGC_TEST_PG_PORT
+ * names the server's port (host 127.0.0.1, user PGC_TEST_PG_USER or postgres, database postgres).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,7 +40,9 @@ typedef struct Live {
     Config *cfg;
     Worker w;
     Pool p;
-    PGconn *admin; /* blocking: this test's own writes, not the loop's */
+    PGconn *admin;         /* blocking: this test's own writes, not the loop's */
+    PGconn *direct;        /* a session whose commit waits for a standby */
+    bool sync_standby_set; /* synchronous_standby_names is set: the teardown resets it */
     Seen seen;
     char port[16];
 } Live;
@@ -71,6 +75,16 @@ static void on_all(void *arg)
 
     s->alls++;
     seen_add(s, "all");
+}
+
+/* How many events equal ev. */
+static int seen_count(const Seen *s, const char *ev)
+{
+    int n = 0;
+
+    for (int i = 0; i < s->n; i++)
+        n += strcmp(s->ev[i], ev) == 0;
+    return n;
 }
 
 /* Index of the first event at or after from equal to ev, or -1. */
@@ -135,6 +149,17 @@ static void loop_once(Live *l)
     event_base_loop(l->w.base, EVLOOP_ONCE);
 }
 
+static bool never(Live *l, void *arg)
+{
+    return false;
+}
+
+/* Run the loop for secs seconds. */
+static void run_for(Live *l, double secs)
+{
+    (void)run_until(l, never, NULL, secs);
+}
+
 static bool streaming_with_alls(Live *l, void *arg)
 {
     Repl *r = ((void **)arg)[0];
@@ -183,6 +208,8 @@ static int live_setup(void **state)
         fail_msg("admin connection: %s", PQerrorMessage(l->admin));
     sql(l, "SET client_min_messages = warning");
     sql(l, "DROP TABLE IF EXISTS rl_int, rl_comp, rl_uuid, rl_full, rl_nopk");
+    sql(l, "DO $$ BEGIN FOR i IN 1..260 LOOP "
+           "EXECUTE format('DROP TABLE IF EXISTS rl_many_%s', i); END LOOP; END $$");
     /* repl.c must create its publication when missing */
     sql(l, "DROP PUBLICATION IF EXISTS " REPL_OWN_PUBLICATION);
     sql(l, "CREATE TABLE rl_int (id int PRIMARY KEY, v text)");
@@ -372,6 +399,381 @@ static void test_status_updates(void **state)
     repl_free(r);
 }
 
+/* "row <relid> <key>" into ev. */
+static const char *row_ev(char *ev, size_t cap, uint32_t relid, const char *key)
+{
+    snprintf(ev, cap, "row %u %s", relid, key);
+    return ev;
+}
+
+typedef struct CountWant {
+    const char *ev;
+    int n;
+} CountWant;
+
+static bool counts_reached(Live *l, void *arg)
+{
+    for (const CountWant *w = arg; w->ev; w++)
+        if (seen_count(&l->seen, w->ev) < w->n)
+            return false;
+    return true;
+}
+
+static void dump_seen(const Live *l)
+{
+    for (int i = 0; i < l->seen.n; i++)
+        fprintf(stderr, "  seen: %s\n", l->seen.ev[i]);
+}
+
+/* Wait until each ev was seen n times (within timeout), then check no more come for a while. */
+static void expect_counts(Live *l, CountWant *want, double timeout)
+{
+    if (!run_until(l, counts_reached, want, timeout)) {
+        dump_seen(l);
+        fail_msg("\"%s\" and the others not seen as often as expected", want[0].ev);
+    }
+    run_for(l, 0.3); /* past the 200 ms fallback: nothing more comes */
+    for (const CountWant *w = want; w->ev; w++)
+        if (seen_count(&l->seen, w->ev) != w->n) {
+            dump_seen(l);
+            fail_msg("\"%s\" seen %d times, not %d", w->ev, seen_count(&l->seen, w->ev), w->n);
+        }
+}
+
+/* Ordinary commits: each changed key's row() twice, the second round after the first. */
+static void test_second_round(void **state)
+{
+    Live *l = *state;
+    char e201[64], e202[64], e203[64];
+    int i201, i202;
+    uint32_t r_int;
+    ReplStats st;
+    Repl *r;
+
+    NEED_LIVE(l);
+    r_int = relid_of(l, "rl_int");
+    l->seen.n = l->seen.alls = 0;
+    r = live_repl(l);
+    wait_streaming(l, r, 1);
+    run_for(l, 0.2); /* the check connection comes up */
+    l->seen.n = 0;
+    sql(l, "INSERT INTO rl_int VALUES (201, 'a'), (202, 'b')");
+    row_ev(e201, sizeof(e201), r_int, "201");
+    row_ev(e202, sizeof(e202), r_int, "202");
+    row_ev(e203, sizeof(e203), r_int, "203");
+    {
+        CountWant want[] = {{e201, 2}, {e202, 2}, {NULL, 0}};
+        expect_counts(l, want, 5);
+    }
+    /* the first round of both keys, then the second of both */
+    i201 = seen_find(&l->seen, 0, e201);
+    i202 = seen_find(&l->seen, 0, e202);
+    assert_true(i201 < i202);
+    assert_true(seen_find(&l->seen, i201 + 1, e201) > i202);
+    assert_true(seen_find(&l->seen, i202 + 1, e202) > seen_find(&l->seen, i201 + 1, e201));
+    l->seen.n = 0;
+    sql(l, "UPDATE rl_int SET id = 203 WHERE id = 201");
+    {
+        CountWant want[] = {{e201, 2}, {e203, 2}, {NULL, 0}};
+        expect_counts(l, want, 5);
+    }
+    assert_int_equal(seen_count(&l->seen, e202), 0);
+    repl_stats(r, &st);
+    assert_true(st.rechecked >= 4);
+    assert_int_equal(st.unchecked, 0); /* every second round came from a visibility check */
+    assert_int_equal(st.failures, 0);
+    repl_free(r);
+    assert_int_equal(event_base_get_num_events(l->w.base, EVENT_BASE_COUNT_ADDED), 0);
+}
+
+/* A value of the first row of the admin's q (copied into out). */
+static void query_value(Live *l, const char *q, char *out, size_t cap)
+{
+    PGresult *res = PQexec(l->admin, q);
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", q, PQerrorMessage(l->admin));
+    snprintf(out, cap, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+}
+
+/* Has the direct session's statement finished (its results are in)? */
+static bool direct_done(Live *l)
+{
+    if (!PQconsumeInput(l->direct))
+        fail_msg("direct session: %s", PQerrorMessage(l->direct));
+    return !PQisBusy(l->direct);
+}
+
+static bool direct_done_cb(Live *l, void *arg)
+{
+    return direct_done(l);
+}
+
+/* Drain the direct session's results; the last status. */
+static ExecStatusType direct_drain(Live *l)
+{
+    ExecStatusType st = PGRES_EMPTY_QUERY;
+    PGresult *res;
+
+    while ((res = PQgetResult(l->direct))) {
+        st = PQresultStatus(res);
+        PQclear(res);
+    }
+    return st;
+}
+
+static bool direct_waits_or_done(Live *l, void *arg)
+{
+    char q[128], ev[64];
+
+    if (direct_done(l))
+        return true;
+    snprintf(q, sizeof(q), "SELECT wait_event FROM pg_stat_activity WHERE pid = %d",
+             PQbackendPID(l->direct));
+    query_value(l, q, ev, sizeof(ev));
+    return strcmp(ev, "SyncRep") == 0;
+}
+
+/*
+ * synchronous_standby_names names a standby that never comes: a commit
+ * waits (SyncRep) with its change already streamed and not visible. The
+ * first round comes at once, the second only once the commit is visible
+ * (pg_cancel_backend ends the wait, the commit stays), and soon after.
+ */
+static void test_sync_commit_window(void **state)
+{
+    Live *l = *state;
+    char conninfo[256], q[256], before[64], after[64], ev[64];
+    ReplStats st;
+    bool waiting = false;
+    double t0;
+    Repl *r;
+    uint32_t r_int;
+
+    NEED_LIVE(l);
+    r_int = relid_of(l, "rl_int");
+    row_ev(ev, sizeof(ev), r_int, "300");
+    /* the admin's own commits must not wait (the setting reaches every process in its time) */
+    sql(l, "SET synchronous_commit = local");
+    sql(l, "INSERT INTO rl_int VALUES (300, 'v0')");
+    l->seen.n = l->seen.alls = 0;
+    r = live_repl(l);
+    wait_streaming(l, r, 1);
+    run_for(l, 0.2);
+    l->sync_standby_set = true;
+    sql(l, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    sql(l, "SELECT pg_reload_conf()");
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%s user=%s dbname=postgres", l->port,
+             l->p.server_user);
+    l->direct = PQconnectdb(conninfo);
+    if (PQstatus(l->direct) != CONNECTION_OK)
+        fail_msg("direct connection: %s", PQerrorMessage(l->direct));
+    /* until the server's processes took the setting, a commit may not wait: try again */
+    for (int attempt = 1; attempt <= 20 && !waiting; attempt++) {
+        query_value(l, "SELECT v FROM rl_int WHERE id = 300", before, sizeof(before));
+        l->seen.n = 0;
+        snprintf(q, sizeof(q),
+                 "SET synchronous_commit = on; UPDATE rl_int SET v = 'v%d' WHERE id = 300",
+                 attempt);
+        assert_true(PQsendQuery(l->direct, q));
+        expect_event(l, ev); /* the first round: the change is streamed */
+        assert_true(run_until(l, direct_waits_or_done, NULL, 5));
+        if (direct_done(l)) {
+            assert_int_equal(direct_drain(l), PGRES_COMMAND_OK);
+            run_for(l, 0.3); /* its second round, out of the way */
+            continue;
+        }
+        waiting = true;
+    }
+    assert_true(waiting);
+    /* the change was heard, the commit is not visible: no second round, not even the fallback */
+    query_value(l, "SELECT v FROM rl_int WHERE id = 300", after, sizeof(after));
+    assert_string_equal(after, before);
+    repl_stats(r, &st);
+    run_for(l, 0.5);
+    assert_int_equal(seen_count(&l->seen, ev), 1);
+    {
+        ReplStats st2;
+
+        repl_stats(r, &st2);
+        assert_true(st2.rechecked == st.rechecked);
+        assert_int_equal(st2.unchecked, 0);
+    }
+    assert_true(direct_waits_or_done(l, NULL) && !direct_done(l));
+    /* released: the commit stays and becomes visible */
+    snprintf(q, sizeof(q), "SELECT pg_cancel_backend(%d)", PQbackendPID(l->direct));
+    t0 = now_wall();
+    sql(l, q);
+    {
+        CountWant want[] = {{ev, 2}, {NULL, 0}};
+
+        if (!run_until(l, counts_reached, want, 2)) {
+            dump_seen(l);
+            fail_msg("no second round within 2 s of the release");
+        }
+    }
+    fprintf(stderr, "  second round %.1f ms after the release\n", (now_wall() - t0) * 1000);
+    query_value(l, "SELECT v FROM rl_int WHERE id = 300", after, sizeof(after));
+    assert_string_not_equal(after, before);
+    assert_true(run_until(l, direct_done_cb, NULL, 5));
+    assert_int_equal(direct_drain(l), PGRES_COMMAND_OK); /* with a WARNING */
+    run_for(l, 0.3);
+    assert_int_equal(seen_count(&l->seen, ev), 2);
+    repl_stats(r, &st);
+    assert_int_equal(st.unchecked, 0);
+    assert_int_equal(st.failures, 0);
+    repl_free(r);
+}
+
+/* Whatever test_sync_commit_window left: the setting reset, the waiting session released. */
+static int sync_teardown(void **state)
+{
+    Live *l = *state;
+    char q[128];
+
+    if (!l)
+        return 0;
+    if (l->sync_standby_set) {
+        /* with no standby named, the checkpointer releases every waiting commit */
+        sql(l, "ALTER SYSTEM RESET synchronous_standby_names");
+        sql(l, "SELECT pg_reload_conf()");
+        l->sync_standby_set = false;
+    }
+    if (l->direct) {
+        snprintf(q, sizeof(q), "SELECT pg_cancel_backend(%d)", PQbackendPID(l->direct));
+        sql(l, q);
+        PQfinish(l->direct);
+        l->direct = NULL;
+    }
+    return 0;
+}
+
+static bool check_conn_gone(Live *l, void *arg)
+{
+    char n[16];
+
+    query_value(l,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcoalesce' "
+                "AND backend_type = 'client backend'",
+                n, sizeof(n));
+    return strcmp(n, *(const char **)arg) == 0;
+}
+
+/*
+ * The visibility check connection killed: until it is back (after a second),
+ * the second round comes 200 ms after the commit, counted as unchecked;
+ * then checks again.
+ */
+static void test_check_connection_lost(void **state)
+{
+    Live *l = *state;
+    const char *zero = "0", *one = "1";
+    char ev[64];
+    double t0, dt;
+    uint32_t r_int;
+    ReplStats st;
+    Repl *r;
+
+    NEED_LIVE(l);
+    r_int = relid_of(l, "rl_int");
+    l->seen.n = l->seen.alls = 0;
+    r = live_repl(l);
+    wait_streaming(l, r, 1);
+    assert_true(run_until(l, check_conn_gone, &one, 5)); /* it is up */
+    sql(l, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+           "WHERE application_name = 'pgcoalesce' AND backend_type = 'client backend'");
+    assert_true(run_until(l, check_conn_gone, &zero, 5));
+    run_for(l, 0.1);
+    l->seen.n = 0;
+    sql(l, "INSERT INTO rl_int VALUES (400, 'x')");
+    row_ev(ev, sizeof(ev), r_int, "400");
+    expect_event(l, ev);
+    t0 = now_wall();
+    {
+        CountWant want[] = {{ev, 2}, {NULL, 0}};
+
+        assert_true(run_until(l, counts_reached, want, 2));
+    }
+    dt = now_wall() - t0;
+    assert_true(dt >= 0.1 && dt < 1.0);
+    repl_stats(r, &st);
+    assert_int_equal(st.unchecked, 1);
+    /* back after the first backoff: checked again */
+    assert_true(run_until(l, check_conn_gone, &one, 5));
+    run_for(l, 0.2);
+    l->seen.n = 0;
+    sql(l, "INSERT INTO rl_int VALUES (401, 'x')");
+    row_ev(ev, sizeof(ev), r_int, "401");
+    {
+        CountWant want[] = {{ev, 2}, {NULL, 0}};
+
+        expect_counts(l, want, 5);
+    }
+    repl_stats(r, &st);
+    assert_int_equal(st.unchecked, 1);
+    assert_int_equal(st.failures, 0);
+    repl_free(r);
+}
+
+static bool rechecked_reached(Live *l, void *arg)
+{
+    Repl *r = ((void **)arg)[0];
+    uint64_t want = *(uint64_t *)((void **)arg)[1];
+    ReplStats st;
+
+    repl_stats(r, &st);
+    return st.rechecked >= want;
+}
+
+/*
+ * Bounded: past 10,000 pending keys the second round names the table; a
+ * transaction of more than 256 tables gets all() the second time.
+ */
+static void test_second_round_bounds(void **state)
+{
+    Live *l = *state;
+    uint64_t want;
+    void *arg[2];
+    ReplStats st0, st;
+    Repl *r;
+
+    NEED_LIVE(l);
+    sql(l, "DO $$ BEGIN FOR i IN 1..260 LOOP "
+           "EXECUTE format('CREATE TABLE rl_many_%s (id int PRIMARY KEY)', i); END LOOP; END $$");
+    l->seen.n = l->seen.alls = 0;
+    r = live_repl(l);
+    wait_streaming(l, r, 1);
+    run_for(l, 0.2);
+    repl_stats(r, &st0);
+    /* one transaction, 10,050 keys (and rl_int's Relation message, a table()) */
+    sql(l, "INSERT INTO rl_int SELECT g, NULL FROM generate_series(1000, 11049) g");
+    want = st0.rechecked + 10001;
+    arg[0] = r;
+    arg[1] = &want;
+    assert_true(run_until(l, rechecked_reached, arg, 10));
+    run_for(l, 0.3);
+    repl_stats(r, &st);
+    assert_int_equal(st.rows - st0.rows, 10050);
+    assert_int_equal(st.rechecked - st0.rechecked, 10001); /* 10,000 rows, then the table */
+    assert_int_equal(l->seen.alls, 1);
+    /* 260 tables in one transaction: all() the second time */
+    sql(l, "DO $$ BEGIN FOR i IN 1..260 LOOP "
+           "EXECUTE format('INSERT INTO rl_many_%s VALUES (1)', i); END LOOP; END $$");
+    want = st.rechecked + 1;
+    assert_true(run_until(l, rechecked_reached, arg, 10));
+    run_for(l, 0.3);
+    repl_stats(r, &st0);
+    assert_int_equal(st0.rechecked, want);
+    assert_int_equal(l->seen.alls, 2);
+    assert_int_equal(st0.unchecked, 0);
+    assert_int_equal(st0.failures, 0);
+    repl_free(r);
+    sql(l, "DELETE FROM rl_int WHERE id BETWEEN 1000 AND 11049");
+    sql(l, "DO $$ BEGIN FOR i IN 1..260 LOOP "
+           "EXECUTE format('DROP TABLE rl_many_%s', i); END LOOP; END $$");
+}
+
 /* A name resolved through the worker's evdns base, not by libpq on the loop. */
 static void test_dns_host(void **state)
 {
@@ -484,16 +886,19 @@ static void test_free_in_every_phase(void **state)
 static void test_publication_not_creatable(void **state)
 {
     Live *l = *state;
-    char *saved_user;
+    char *saved_user, *saved_password;
     ReplStats st = {0};
     Repl *r;
 
     NEED_LIVE(l);
     sql(l, "DROP PUBLICATION IF EXISTS " REPL_OWN_PUBLICATION);
     sql(l, "DROP ROLE IF EXISTS pgc_repl_only");
-    sql(l, "CREATE ROLE pgc_repl_only LOGIN REPLICATION");
+    /* a password, for servers whose pg_hba asks one of other users over TCP */
+    sql(l, "CREATE ROLE pgc_repl_only LOGIN REPLICATION PASSWORD 'pgc_repl_pw'");
     saved_user = l->p.server_user;
+    saved_password = l->p.server_password;
     l->p.server_user = "pgc_repl_only";
+    l->p.server_password = "pgc_repl_pw";
     r = live_repl(l);
     for (int i = 0; i < 20 && st.failures == 0; i++) {
         loop_once(l);
@@ -501,6 +906,7 @@ static void test_publication_not_creatable(void **state)
     }
     repl_free(r);
     l->p.server_user = saved_user;
+    l->p.server_password = saved_password;
     sql(l, "DROP ROLE pgc_repl_only");
     assert_true(st.failures >= 1);
     assert_int_equal(st.connects, 0);
@@ -513,6 +919,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_changes_and_reconnect),
         cmocka_unit_test(test_status_updates),
+        cmocka_unit_test(test_second_round),
+        cmocka_unit_test_teardown(test_sync_commit_window, sync_teardown),
+        cmocka_unit_test(test_check_connection_lost),
+        cmocka_unit_test(test_second_round_bounds),
         cmocka_unit_test(test_dns_host),
         cmocka_unit_test(test_missing_publication),
         cmocka_unit_test(test_free_in_every_phase),
