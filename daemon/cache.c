@@ -22,8 +22,8 @@
 
 #define CACHE_STMT        "__pgcoalesce_cache__" /* the proxy's statement for a named client's */
 #define CACHE_MAX_INVAL   64                     /* writes remembered per transaction */
-#define CACHE_MAX_MSG     (16u << 20)            /* longest server message read whole in a fill */
-#define CACHE_KEYNAME     1200                   /* a Redis key name: prefix, names, pk */
+#define CACHE_MAX_MSG     (1u << 20) /* longer server messages in a fill are streamed, not kept */
+#define CACHE_KEYNAME     1200       /* a Redis key name: prefix, names, pk */
 #define ENTRY_HAS_ROWDESC 0x1
 
 /* ---- the scripts: every key name is built here in C and passed as ARGV ------------------- */
@@ -122,6 +122,7 @@ typedef struct CacheFill {
     uint8_t tag[64];
     uint32_t tag_len;
     bool failed, too_big;
+    size_t pass_left; /* bytes of a message too long to keep, still to forward */
 } CacheFill;
 
 typedef struct CacheReq {
@@ -1567,12 +1568,29 @@ bool cache_server_input(Server *s)
             server_close(s, "cache fill without its client");
             return false;
         }
+        if (f->pass_left > 0) {
+            /* a message too big to keep goes on as it comes (the answer is not stored) */
+            size_t n = evbuffer_get_length(s->io.in);
+            if (n > f->pass_left)
+                n = f->pass_left;
+            io_forward(&c->io, s->io.in, n);
+            s->pool->stats.bytes_out += n;
+            f->pass_left -= n;
+            if (f->pass_left > 0)
+                return false;
+            continue;
+        }
         if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN)
             return false;
         evbuffer_copyout(s->io.in, hdr, PROTO_HDR_LEN);
-        if (proto_frame_header(hdr, CACHE_MAX_MSG, &type, &len) != FRAME_OK) {
-            server_close(s, "malformed or oversized message from server in a cache fill");
+        if (proto_frame_header(hdr, 0x7fffffff - PROTO_HDR_LEN, &type, &len) != FRAME_OK) {
+            server_close(s, "malformed message from server in a cache fill");
             return false;
+        }
+        if (len > CACHE_MAX_MSG && type != 'Z') {
+            f->too_big = true;
+            f->pass_left = PROTO_HDR_LEN + (size_t)len;
+            continue;
         }
         if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN + len)
             return false;

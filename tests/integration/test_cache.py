@@ -2185,6 +2185,8 @@ class LimitsTest(CacheCase):
         pg.execute("INSERT INTO cl SELECT i, 'small ' || i, i FROM generate_series(1, 20) i")
         pg.execute("UPDATE cl SET v = repeat('x', 5000) WHERE id = 2")
         pg.execute("UPDATE cl SET v = repeat('y', 1800) WHERE id = 3")  # fits
+        # a DataRow over 1 MiB: relayed as it streams in, never kept whole
+        pg.execute("UPDATE cl SET v = repeat('z', 3 * 1024 * 1024) WHERE id = 4")
         pg.execute("ALTER TABLE cl OWNER TO app_scram")  # it alters the table through the proxy
 
     def setUp(self):
@@ -2220,6 +2222,14 @@ class LimitsTest(CacheCase):
         # just under the limit: stored
         self.read(3)
         self.assertEqual(self.assert_hit(lambda: self.read(3)), [("y" * 1800, 3)])
+
+    def test_row_over_a_mebibyte(self):
+        """The fill reads messages whole to keep them; a longer one (3 MiB) goes to
+        the client as it comes: right answer, server connection kept, not stored."""
+        self.warm(lambda: self.read(1))
+        got = self.reads_reach_server(4, 3)
+        self.assertEqual(got, [[("z" * (3 * 1024 * 1024), 4)]] * 3)
+        self.assertEqual(self.read(1), [("small 1", 1)])
 
     def test_empty_answer_not_stored(self):
         self.warm(lambda: self.read(1))
