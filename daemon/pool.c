@@ -304,4 +304,6 @@ void pool_janitor(Pool *p, double now)
     }
     if (p->waiting_clients.count > 0)
         pool_dispatch(p);
+    else if (!p->have_welcome && p->connecting_servers.count == 0 && pool_server_count(p) == 0)
+        pool_grow(p); /* a login waiting for the first server, after a failure's backoff */
 }
