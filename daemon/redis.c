@@ -4,6 +4,7 @@
  */
 #include "daemon/redis.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
@@ -110,14 +111,43 @@ static bool parse_unix(const char *url, RedisTarget *t, char *err, size_t errlen
     return true;
 }
 
+/* Copy s[0..n) percent-decoded ("%40" is '@', as in a URL); false when bad or too long. */
+static bool copy_decoded(char *dst, size_t cap, const char *s, size_t n)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '%') {
+            unsigned v;
+            char hex[3];
+            if (i + 2 >= n)
+                return false;
+            hex[0] = s[i + 1];
+            hex[1] = s[i + 2];
+            hex[2] = '\0';
+            if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]) ||
+                sscanf(hex, "%x", &v) != 1 || v == 0)
+                return false;
+            ch = (char)v;
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return false;
+        dst[o++] = ch;
+    }
+    dst[o] = '\0';
+    return true;
+}
+
 static bool parse_userinfo(const char *s, size_t n, RedisTarget *t)
 {
     const char *colon = memchr(s, ':', n);
 
     if (!colon)
-        return copy_part(t->password, sizeof(t->password), s, n); /* redis://password@ */
-    return copy_part(t->user, sizeof(t->user), s, (size_t)(colon - s)) &&
-           copy_part(t->password, sizeof(t->password), colon + 1, n - (size_t)(colon - s) - 1);
+        return copy_decoded(t->password, sizeof(t->password), s, n); /* redis://password@ */
+    return copy_decoded(t->user, sizeof(t->user), s, (size_t)(colon - s)) &&
+           copy_decoded(t->password, sizeof(t->password), colon + 1, n - (size_t)(colon - s) - 1);
 }
 
 bool redis_url_parse(const char *url, RedisTarget *t, char *err, size_t errlen)
@@ -145,9 +175,25 @@ bool redis_url_parse(const char *url, RedisTarget *t, char *err, size_t errlen)
     }
     hostend = slash ? slash : p + strlen(p);
     colon = NULL;
-    for (const char *c = p; c < hostend; c++)
-        if (*c == ':')
-            colon = c;
+    if (*p == '[') {
+        /* an IPv6 literal: [::1]:6379 */
+        const char *close = memchr(p, ']', (size_t)(hostend - p));
+        if (!close || (close + 1 < hostend && close[1] != ':')) {
+            snprintf(err, errlen, "cache_url: an IPv6 address goes in brackets: [::1]:6379");
+            return false;
+        }
+        if (close + 1 < hostend)
+            colon = close + 1;
+        if (!copy_part(t->host, sizeof(t->host), p + 1, (size_t)(close - p - 1)) ||
+            t->host[0] == '\0') {
+            snprintf(err, errlen, "cache_url: the host is empty or too long");
+            return false;
+        }
+    } else {
+        for (const char *c = p; c < hostend; c++)
+            if (*c == ':')
+                colon = c;
+    }
     if (colon) {
         char *end;
         long port = strtol(colon + 1, &end, 10);
@@ -157,9 +203,15 @@ bool redis_url_parse(const char *url, RedisTarget *t, char *err, size_t errlen)
         }
         t->port = (int)port;
     }
-    if (!copy_part(t->host, sizeof(t->host), p, (size_t)((colon ? colon : hostend) - p)) ||
-        t->host[0] == '\0') {
+    if (*p != '[' &&
+        (!copy_part(t->host, sizeof(t->host), p, (size_t)((colon ? colon : hostend) - p)) ||
+         t->host[0] == '\0')) {
         snprintf(err, errlen, "cache_url: the host is empty or too long");
+        return false;
+    }
+    if (strpbrk(t->host, "[]@")) {
+        snprintf(err, errlen,
+                 "cache_url: the host may not hold '[', ']' or '@' (IPv6: [::1]:6379)");
         return false;
     }
     if (slash && slash[1] && (!parse_db(slash + 1, &t->db) || strchr(slash + 1, '&'))) {

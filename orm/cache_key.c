@@ -98,8 +98,14 @@ static int int_value(uint32_t type, const uint8_t *p, size_t len, bool binary, c
     } else if (!parse_int((const char *)p, len, min, max, &v)) {
         return -1;
     }
-    n = snprintf(out, cap, "%" PRId64, v);
-    return n < 0 || (size_t)n >= cap ? -1 : n;
+    {
+        char tmp[24]; /* "-9223372036854775808" and a NUL */
+        n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
+        if (n < 0 || (size_t)n > cap)
+            return -1;
+        memcpy(out, tmp, (size_t)n); /* the key is not NUL-terminated: it may fill cap */
+    }
+    return n;
 }
 
 static int hex_digit(char ch)
@@ -119,7 +125,7 @@ static int hex_digit(char ch)
  */
 static bool parse_uuid(const char *s, size_t n, uint8_t out[16])
 {
-    size_t i = 0, nd = 0;
+    size_t i = 0, nd = 0, last_hyphen = 0;
     bool brace = n > 0 && s[0] == '{';
 
     if (brace) {
@@ -130,12 +136,13 @@ static bool parse_uuid(const char *s, size_t n, uint8_t out[16])
     }
     while (i < n) {
         int hi, lo;
-        if (nd > 0 && nd % 2 == 0 && nd < 32 && s[i] == '-' && (nd % 4) == 0) {
+        /* one hyphen after a group of four digits (not after the last), as uuid_in */
+        if (nd > 0 && nd < 32 && nd % 4 == 0 && s[i] == '-' && nd != last_hyphen) {
+            last_hyphen = nd;
             i++;
             continue;
         }
-        if (nd == 32 || i + 1 >= n + 0 || (hi = hex_digit(s[i])) < 0 ||
-            (lo = hex_digit(s[i + 1])) < 0)
+        if (nd == 32 || i + 1 >= n || (hi = hex_digit(s[i])) < 0 || (lo = hex_digit(s[i + 1])) < 0)
             return false;
         out[nd / 2] = (uint8_t)(hi << 4 | lo);
         nd += 2;

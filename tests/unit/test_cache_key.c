@@ -59,6 +59,8 @@ static const KeyCase key_cases[] = {
     {CACHE_OID_UUID, "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11", 0, false,
      "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
     {CACHE_OID_UUID, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", 0, false, NULL},
+    {CACHE_OID_UUID, "a0ee--bc99-9c0b-4ef8-bb6d-6bb9bd380a11", 0, false, NULL}, /* uuid_in: no */
+    {CACHE_OID_UUID, "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 0, false, NULL},
     {CACHE_OID_UUID, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", 0, false, NULL},
     {CACHE_OID_UUID, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 0, false, NULL},
     {CACHE_OID_UUID, "a0eebc99x9c0b-4ef8-bb6d-6bb9bd380a11", 0, false, NULL},
@@ -132,10 +134,14 @@ static void test_key_composite(void **state)
 
 static void test_key_too_long(void **state)
 {
-    char big[CACHE_KEY_MAX + 1];
+    char big[CACHE_KEY_MAX + 1], out[3];
     CacheKey k;
 
     (void)state;
+    /* the output is not NUL-terminated: a value may fill it exactly */
+    assert_int_equal(cache_key_value(CACHE_OID_INT4, "123", 3, false, out, 3), 3);
+    assert_memory_equal(out, "123", 3);
+    assert_int_equal(cache_key_value(CACHE_OID_INT4, "1234", 4, false, out, 3), -1);
     memset(big, 'x', sizeof(big));
     cache_key_init(&k, 1);
     assert_false(cache_key_add(&k, CACHE_OID_TEXT, big, sizeof(big), false));
@@ -163,6 +169,13 @@ static const UrlCase url_cases[] = {
     {"redis://pw@h/", true, "h", "", "", "pw", 6379, 0},
     {"unix:/run/redis.sock", true, "", "/run/redis.sock", "", "", 6379, 0},
     {"unix:/run/redis.sock?db=3&password=x", true, "", "/run/redis.sock", "", "x", 6379, 3},
+    {"redis://a%40b:p%2Fw%3A@h", true, "h", "", "a@b", "p/w:", 6379, 0},
+    {"redis://[::1]:6380/1", true, "::1", "", "", "", 6380, 1},
+    {"redis://[::1]", true, "::1", "", "", "", 6379, 0},
+    {"redis://[::1", false, NULL, NULL, NULL, NULL, 0, 0},
+    {"redis://[]:1", false, NULL, NULL, NULL, NULL, 0, 0},
+    {"redis://:p%zz@h", false, NULL, NULL, NULL, NULL, 0, 0},
+    {"redis://:p%4@h", false, NULL, NULL, NULL, NULL, 0, 0},
     {"redis://", false, NULL, NULL, NULL, NULL, 0, 0},
     {"redis://:pw@", false, NULL, NULL, NULL, NULL, 0, 0},
     {"redis://h:0", false, NULL, NULL, NULL, NULL, 0, 0},
