@@ -73,7 +73,7 @@ dict_for() {
     case "$1" in
     shape | analyze | batch | params) echo sql ;;
     scram_server | scram_client | auth) echo scram ;;
-    admin | http | config) echo "$1" ;;
+    admin | http | config | pgoutput | cache_key | cache_url) echo "$1" ;;
     esac
 }
 
