@@ -803,23 +803,33 @@ static void client_note_session(Client *c, Server *s, const char *what)
 /* The text of the Query (skip 0) or Parse (skip past the name) at cur: its session state. */
 static const char *peek_session(const IoCursor *cur, uint32_t len, bool parse)
 {
-    char text[4096];
-    IoCursor at = *cur;
-    size_t n = len < sizeof(text) ? len : sizeof(text), off = 0;
+    char buf[4096];
+    size_t n = len < sizeof(buf) ? len : sizeof(buf), off = 0, left;
+    const char *text, *z;
 
     /* what has arrived of the first 4 KiB: the statement words come first */
-    io_cursor_skip(&at, PROTO_HDR_LEN);
-    if (io_cursor_left(&at) < n)
-        n = io_cursor_left(&at);
-    if (n == 0 || !io_cursor_peek(&at, text, n))
+    if (io_cursor_left(cur) < PROTO_HDR_LEN)
         return NULL;
+    left = io_cursor_left(cur) - PROTO_HDR_LEN;
+    if (left < n)
+        n = left;
+    if (n == 0)
+        return NULL;
+    text = (const char *)io_cursor_span(cur, PROTO_HDR_LEN, n); /* in place, or copied */
+    if (!text) {
+        if (!io_cursor_peek_at(cur, PROTO_HDR_LEN, buf, n))
+            return NULL;
+        text = buf;
+    }
     if (parse) {
-        const char *z = memchr(text, 0, n);
+        z = memchr(text, 0, n);
         if (!z)
             return NULL;
         off = (size_t)(z - text) + 1;
     }
-    return session_state_sql(text + off, strnlen(text + off, n - off));
+    /* the text up to its NUL (memchr: libpg_query's strnlen is a byte loop) */
+    z = memchr(text + off, 0, n - off);
+    return session_state_sql(text + off, z ? (size_t)(z - (text + off)) : n - off);
 }
 
 static bool client_statement_message(Client *c, Server *s, char type, uint32_t len)
@@ -919,17 +929,16 @@ static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
 {
     uint8_t text[128];
     char name[64];
-    IoCursor at_body = *cur;
     size_t n = len < sizeof(text) ? len : sizeof(text);
     QueryKind kind = QK_OTHER;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
     if (tx_mode)
         client_note_session(c, s, peek_session(cur, len, false));
-    io_cursor_skip(&at_body, PROTO_HDR_LEN);
     /* Only short texts starting with R or D (after blanks) can be one of
      * these statements: most queries are let through on their first byte. */
-    if (len <= sizeof(text) && io_cursor_peek(&at_body, text, n) && query_may_reset(text, n))
+    if (len <= sizeof(text) && io_cursor_peek_at(cur, PROTO_HDR_LEN, text, n) &&
+        query_may_reset(text, n))
         kind = query_kind(text, n, true, name, sizeof(name));
     switch (kind) {
     case QK_DROPS_STATEMENTS:
@@ -1167,11 +1176,9 @@ static void client_process(Client *c)
              * is shared, so only the client's name goes. */
             uint8_t text[128];
             char name[64];
-            IoCursor at_body = cur;
             if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                 break;
-            io_cursor_skip(&at_body, PROTO_HDR_LEN);
-            io_cursor_peek(&at_body, text, len);
+            io_cursor_peek_at(&cur, PROTO_HDR_LEN, text, len);
             if (query_may_reset(text, len) &&
                 query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
                 client_stmts_get(&c->stmts, name)) {
@@ -1190,10 +1197,8 @@ static void client_process(Client *c)
         }
         if (tx_mode && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
             uint8_t head[256];
-            IoCursor at_body = cur;
             size_t n = len < sizeof(head) ? len : sizeof(head);
-            io_cursor_skip(&at_body, PROTO_HDR_LEN);
-            if (!io_cursor_peek(&at_body, head, n))
+            if (!io_cursor_peek_at(&cur, PROTO_HDR_LEN, head, n))
                 break; /* wait for the names */
             if (type == 'P' && n > 1 && head[0] == 0)
                 client_note_session(c, s, peek_session(&cur, len, true));

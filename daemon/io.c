@@ -4,9 +4,11 @@
 #include <errno.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <malloc.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -15,6 +17,65 @@
 #define IO_READS_PER_EVENT 4
 
 static void io_on_readable(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * libevent's memory, with freed buffer chains kept for reuse. A read into
+ * an empty evbuffer makes libevent allocate a chain (IO_READ_CHUNK and its
+ * header, rounded up to a power of two: 32 KiB), and draining the buffer
+ * frees it again: twice per proxied round trip, each time through malloc's
+ * slow path for a block that size (malloc's own per-thread cache stops at
+ * about 1 KiB). Freed blocks of 4 to 64 KiB are kept, a few per power of
+ * two and thread, by their usable size; anything else is malloc's.
+ */
+#define IO_MM_MIN_SHIFT 12
+#define IO_MM_MAX_SHIFT 16
+#define IO_MM_KEEP      4 /* blocks kept per size */
+
+static __thread struct {
+    void *blk[IO_MM_KEEP];
+    int n;
+} io_mm_cache[IO_MM_MAX_SHIFT - IO_MM_MIN_SHIFT + 1];
+
+static void *io_mm_malloc(size_t size)
+{
+    if (size >= ((size_t)1 << IO_MM_MIN_SHIFT) && size <= ((size_t)1 << IO_MM_MAX_SHIFT)) {
+        /* class k holds blocks of at least 2^(k + MIN) bytes: size's power of two */
+        int k = 64 - __builtin_clzl(size - 1) - IO_MM_MIN_SHIFT;
+        if (io_mm_cache[k].n > 0)
+            return io_mm_cache[k].blk[--io_mm_cache[k].n];
+    }
+    return malloc(size);
+}
+
+static void io_mm_free(void *p)
+{
+    size_t usable;
+    int k;
+
+    if (!p)
+        return;
+    usable = malloc_usable_size(p);
+    if (usable >= ((size_t)1 << IO_MM_MIN_SHIFT) && usable < ((size_t)2 << IO_MM_MAX_SHIFT)) {
+        k = 63 - __builtin_clzl(usable) - IO_MM_MIN_SHIFT;
+        if (io_mm_cache[k].n < IO_MM_KEEP) {
+            io_mm_cache[k].blk[io_mm_cache[k].n++] = p;
+            return;
+        }
+    }
+    free(p);
+}
+
+void io_global_init(void)
+{
+    event_set_mem_functions(io_mm_malloc, realloc, io_mm_free);
+}
+
+void io_global_free(void)
+{
+    for (size_t k = 0; k < sizeof(io_mm_cache) / sizeof(io_mm_cache[0]); k++)
+        while (io_mm_cache[k].n > 0)
+            free(io_mm_cache[k].blk[--io_mm_cache[k].n]);
+}
 
 /*
  * Send up to n bytes from the front of buf with one sendmsg() and drain what
@@ -303,14 +364,24 @@ void io_cursor_init(IoCursor *c, struct evbuffer *buf)
         c->avail += c->vec[i].iov_len;
 }
 
-bool io_cursor_peek(const IoCursor *c, void *dst, size_t len)
+bool io_cursor_peek_at(const IoCursor *c, size_t skip, void *dst, size_t len)
 {
     uint8_t *d = dst;
     int idx = c->idx;
     size_t off = c->off;
 
-    if (io_cursor_left(c) < len)
+    if (io_cursor_left(c) < skip || io_cursor_left(c) - skip < len)
         return false;
+    while (skip > 0) {
+        size_t here = c->vec[idx].iov_len - off;
+        if (here > skip) {
+            off += skip;
+            break;
+        }
+        skip -= here;
+        idx++;
+        off = 0;
+    }
     while (len > 0) {
         size_t here = c->vec[idx].iov_len - off;
         if (here > len)

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 typedef enum {
@@ -49,6 +50,12 @@ typedef struct Io {
     uint64_t out_total;  /* bytes ever handed over for output */
     char tls_error[128]; /* last OpenSSL error, for messages */
 } Io;
+
+/* Route libevent's allocations through io.c's cache of buffer chains: first
+ * thing in main(), before any other libevent call. */
+void io_global_init(void);
+/* Free the calling thread's cached chains; at exit, after the event loops. */
+void io_global_free(void);
 
 /* Wrap fd (already non-blocking). Returns false on allocation failure. */
 bool io_init(struct Io *io, struct event_base *base, int fd, IoHandler handler, void *owner)
@@ -100,13 +107,33 @@ typedef struct IoCursor {
 } IoCursor;
 
 void io_cursor_init(IoCursor *c, struct evbuffer *buf);
-/* Copy len bytes at the cursor into dst without moving; false if fewer are covered. */
-bool io_cursor_peek(const IoCursor *c, void *dst, size_t len);
+/* Copy len bytes from skip bytes past the cursor into dst without moving;
+ * false if fewer are covered. */
+bool io_cursor_peek_at(const IoCursor *c, size_t skip, void *dst, size_t len);
 /* Move forward by n covered bytes (n <= remaining). */
 void io_cursor_skip(IoCursor *c, size_t n);
 static inline size_t io_cursor_left(const IoCursor *c)
 {
     return c->avail - c->pos;
+}
+/* The len bytes from skip bytes past the cursor, in place, when they lie in
+ * the cursor's current vector; else NULL (copy them with io_cursor_peek_at). */
+static inline const uint8_t *io_cursor_span(const IoCursor *c, size_t skip, size_t len)
+{
+    if (c->idx < c->nvec && c->vec[c->idx].iov_len - c->off >= skip &&
+        c->vec[c->idx].iov_len - c->off - skip >= len)
+        return (const uint8_t *)c->vec[c->idx].iov_base + c->off + skip;
+    return NULL;
+}
+/* Copy len bytes at the cursor into dst without moving; false if fewer are
+ * covered. Inline for the common case of a header within one vector. */
+static inline bool io_cursor_peek(const IoCursor *c, void *dst, size_t len)
+{
+    if (c->idx < c->nvec && c->vec[c->idx].iov_len - c->off >= len) {
+        memcpy(dst, (const uint8_t *)c->vec[c->idx].iov_base + c->off, len);
+        return true;
+    }
+    return io_cursor_peek_at(c, 0, dst, len);
 }
 
 #endif

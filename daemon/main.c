@@ -54,6 +54,7 @@ int main(int argc, char **argv)
     Ops *ops;
     int opt;
 
+    io_global_init(); /* before anything of libevent */
     while ((opt = getopt_long(argc, argv, "c:dhV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -164,6 +165,7 @@ int main(int argc, char **argv)
     /* A reload may have replaced the Config: free the one in use now. */
     cfg = (Config *)w.cfg;
     worker_free(&w);
+    io_global_free();
     config_free(cfg);
     log_info("pgcoalesce stopped");
     log_shutdown();

@@ -334,13 +334,19 @@ out_drop:
  * is too long or not all there. */
 static const uint8_t *client_body(Client *c, const IoCursor *cur, uint32_t len)
 {
-    IoCursor at = *cur;
-
     if (len > ORM_MAX_MSG || io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
         return NULL;
-    io_cursor_skip(&at, PROTO_HDR_LEN);
-    io_cursor_peek(&at, c->w->orm->msg, len);
+    io_cursor_peek_at(cur, PROTO_HDR_LEN, c->w->orm->msg, len);
     return c->w->orm->msg;
+}
+
+/* Length of the NUL-terminated text in p[0..n), or n. (memchr rather than
+ * strnlen, which libpg_query replaces with a byte loop for the process.) */
+static size_t text_len(const void *p, size_t n)
+{
+    const uint8_t *z = memchr(p, 0, n);
+
+    return z ? (size_t)(z - (const uint8_t *)p) : n;
 }
 
 bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *cur, size_t *fwd)
@@ -366,8 +372,7 @@ static void client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len
     OrmStmt e = {0};
 
     if (body && len > 0 &&
-        !orm_stmt_shape(c->w->orm, (const char *)body, strnlen((const char *)body, len), NULL, 0,
-                        &e))
+        !orm_stmt_shape(c->w->orm, (const char *)body, text_len(body, len), NULL, 0, &e))
         return; /* an empty query */
     if (cache_on(c->w) && body)
         cache_note_statement(c, &e, (const char *)body, e.info ? c->w->orm->sb : NULL, NULL, NULL,
@@ -382,9 +387,7 @@ static void client_parse(Client *c, const IoCursor *cur, uint32_t len)
 
     if (!body) {
         uint8_t first = 1;
-        IoCursor at = *cur;
-        io_cursor_skip(&at, PROTO_HDR_LEN);
-        if (len > 0 && io_cursor_peek(&at, &first, 1) && first == 0)
+        if (len > 0 && io_cursor_peek_at(cur, PROTO_HDR_LEN, &first, 1) && first == 0)
             c->orm->unnamed_ok = false; /* too long to shape: its executions are unknown */
         return;
     }
@@ -526,7 +529,7 @@ static void client_bind_values(Client *c, const uint8_t *tail, size_t size, size
 /* The text length of a prepared statement (its Parse body starts with the text). */
 static size_t ps_textlen(const PreparedStmt *ps)
 {
-    return strnlen((const char *)ps->body, ps->body_len);
+    return text_len(ps->body, ps->body_len);
 }
 
 /* A Bind of the unnamed portal to the named statement ps (NULL: unknown). */
@@ -759,13 +762,15 @@ static void stmt_done(Client *c, RqItem *it, uint64_t rows)
 }
 
 /*
- * The body of the server message at cur, copied whole into ow->msg. NULL
- * with *wait set when more bytes must arrive first; NULL alone when the
- * message is too long to read (go on without it).
+ * The body of the server message at cur: in place when it lies in one
+ * vector of the input, else copied whole into ow->msg; valid until the input
+ * is drained (the callers are done with it before). NULL with *wait set when
+ * more bytes must arrive first; NULL alone when the message is too long to
+ * read (go on without it).
  */
 static const uint8_t *server_body(Server *s, uint32_t len, IoCursor *cur, size_t *fwd, bool *wait)
 {
-    IoCursor at;
+    const uint8_t *in_place;
 
     *wait = false;
     if (len > ORM_MAX_MSG)
@@ -782,9 +787,10 @@ static const uint8_t *server_body(Server *s, uint32_t len, IoCursor *cur, size_t
         if (io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
             return NULL;
     }
-    at = *cur;
-    io_cursor_skip(&at, PROTO_HDR_LEN);
-    io_cursor_peek(&at, s->w->orm->msg, len);
+    in_place = io_cursor_span(cur, PROTO_HDR_LEN, len);
+    if (in_place)
+        return in_place;
+    io_cursor_peek_at(cur, PROTO_HDR_LEN, s->w->orm->msg, len);
     return s->w->orm->msg;
 }
 
@@ -880,7 +886,7 @@ static void feed_row(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
 static uint64_t tag_rows(const uint8_t *tag, uint32_t len)
 {
     uint64_t rows = 0;
-    size_t n = strnlen((const char *)tag, len), i = n;
+    size_t n = text_len(tag, len), i = n;
 
     while (i > 0 && tag[i - 1] >= '0' && tag[i - 1] <= '9')
         i--;

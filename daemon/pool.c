@@ -142,8 +142,8 @@ static bool server_needs_ping(Server *s, double now)
 /* Hand idle servers to waiting clients, testing them first when asked to. */
 static void pool_dispatch(Pool *p)
 {
-    double now = now_sec();
     bool pre_ping = p->w->cfg->pool_pre_ping;
+    double now = pre_ping ? now_sec() : 0; /* only pre-ping needs the time */
 
     if (pool_paused(p))
         return; /* PAUSE or shutdown: clients wait; RESUME dispatches */

@@ -196,6 +196,15 @@ void server_end_of_transaction(Server *s)
         client_resume(c);
 }
 
+/* Has rq_settle anything to do? (It runs before every server message.) */
+static inline bool rq_settle_due(const Server *s)
+{
+    const RqItem *it = rq_head(s);
+
+    return it && (s->skip_until_sync || it->kind == RQ_FAKE_PARSE || it->kind == RQ_FAKE_CLOSE ||
+                  it->kind == RQ_FAKE_DEALLOCATE);
+}
+
 /*
  * Deal with the head of the queue when it needs no server message: answers
  * the proxy owes (sent after *fwd bytes of server output are passed on) and
@@ -244,7 +253,7 @@ void server_settle(Server *s)
         return;
     /* A transaction answered wholly by the proxy (DEALLOCATE of the
      * client's own statement) ends here, as a real ReadyForQuery would. */
-    if (rq_settle(s, &fwd) && server_releasable(s))
+    if (rq_settle_due(s) && rq_settle(s, &fwd) && server_releasable(s))
         server_end_of_transaction(s);
 }
 
@@ -322,7 +331,7 @@ void server_relay(Server *s)
             s->pkt_left -= (uint32_t)n;
             continue;
         }
-        if (s->rq_len > 0 && rq_settle(s, &fwd)) {
+        if (rq_settle_due(s) && rq_settle(s, &fwd)) {
             io_cursor_init(&cur, s->io.in);
             io_cursor_skip(&cur, fwd);
         }
@@ -420,11 +429,9 @@ void server_relay(Server *s)
         case 'C':
             if (len <= 64 && s->stmts.lru.count > 0) {
                 uint8_t tag[64];
-                IoCursor at_body = cur;
                 if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                     goto out;
-                io_cursor_skip(&at_body, PROTO_HDR_LEN);
-                io_cursor_peek(&at_body, tag, len);
+                io_cursor_peek_at(&cur, PROTO_HDR_LEN, tag, len);
                 if (tag_drops_statements(tag, len))
                     server_stmts_clear(&s->stmts, &s->w->prepared);
             }
@@ -464,11 +471,9 @@ void server_relay(Server *s)
         case 'S': {
             uint8_t body[1024];
             if (len <= sizeof(body)) {
-                IoCursor at_body = cur;
                 if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                     goto out;
-                io_cursor_skip(&at_body, PROTO_HDR_LEN);
-                io_cursor_peek(&at_body, body, len);
+                io_cursor_peek_at(&cur, PROTO_HDR_LEN, body, len);
                 server_note_param(s, body, len);
             }
             break;

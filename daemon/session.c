@@ -14,7 +14,6 @@
 
 #include <stdbool.h>
 #include <string.h>
-#include <strings.h>
 
 #include "orm/shape.h"
 
@@ -55,26 +54,61 @@ static size_t next_word(const char *s, size_t n, size_t *p, char *w, size_t cap)
             break;
         }
     }
-    while (i < n && k + 1 < cap &&
-           ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-            (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '$')) {
-        char ch = s[i++];
-        w[k++] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    while (i < n && k + 1 < cap) {
+        unsigned char ch = (unsigned char)s[i], low = ch | 0x20; /* a letter in lower case */
+        if (low >= 'a' && low <= 'z')
+            w[k++] = (char)low;
+        else if ((ch >= '0' && ch <= '9') || ch == '_' || ch == '$')
+            w[k++] = (char)ch;
+        else
+            break;
+        i++;
     }
     w[k] = '\0';
     *p = i;
     return k;
 }
 
-/* Case-insensitive search of pat (lower case) in s[0..n). */
+/*
+ * Case-insensitive search of pat (lower case, starting with a letter) in
+ * s[0..n). Runs for every simple Query: memchr finds the places where the
+ * first letter occurs, in either case, and only those are compared.
+ */
 static bool has_word(const char *s, size_t n, const char *pat)
 {
     size_t m = strlen(pat);
+    const char *last, *lo, *up;
 
-    for (size_t i = 0; i + m <= n; i++)
-        if ((s[i] | 0x20) == pat[0] && strncasecmp(s + i, pat, m) == 0)
+    if (m > n)
+        return false;
+    last = s + (n - m); /* the last place a match can start */
+    lo = memchr(s, pat[0], n - m + 1);
+    up = memchr(s, pat[0] - ('a' - 'A'), n - m + 1);
+    while (lo || up) {
+        const char *at = !up || (lo && lo < up) ? lo : up;
+        size_t k = 1;
+        /* strncasecmp of the C locale, inline: ASCII letters fold */
+        while (k < m &&
+               ((unsigned)((unsigned char)at[k] - 'A') < 26u ? at[k] + 32 : at[k]) == pat[k])
+            k++;
+        if (k == m)
             return true;
+        if (at == lo)
+            lo = memchr(lo + 1, pat[0], (size_t)(last - lo));
+        else
+            up = memchr(up + 1, pat[0] - ('a' - 'A'), (size_t)(last - up));
+    }
     return false;
+}
+
+/* Only blanks (as the lexer counts them) in s[0..n)? */
+static bool all_blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r' && s[i] != '\f' &&
+            s[i] != '\v')
+            return false;
+    return true;
 }
 
 /* The SET that follows (after "set" and an optional "session"): a parameter the proxy
@@ -113,6 +147,11 @@ static const char *statement_effect(const char *s, size_t n)
 
     if (!next_word(s, n, &p, w, sizeof(w)))
         return NULL;
+    /* the most common first, and no string compares for the other words */
+    if (strcmp(w, "select") == 0 || strcmp(w, "with") == 0 || strcmp(w, "table") == 0)
+        return has_word(s, n, "into temp") ? "a temporary table (SELECT INTO)" : NULL;
+    if (w[0] != 's' && w[0] != 'l' && w[0] != 'p' && w[0] != 'd' && w[0] != 'c')
+        return NULL;
     if (strcmp(w, "set") == 0)
         return set_effect(s, n, p);
     if (strcmp(w, "listen") == 0)
@@ -136,14 +175,13 @@ static const char *statement_effect(const char *s, size_t n)
         }
         return NULL;
     }
-    if (strcmp(w, "select") == 0 || strcmp(w, "with") == 0 || strcmp(w, "table") == 0)
-        return has_word(s, n, "into temp") ? "a temporary table (SELECT INTO)" : NULL;
     return NULL;
 }
 
 const char *session_state_sql(const char *sql, size_t n)
 {
     ShapeSpan spans[16];
+    const char *semi;
     int k;
 
     /* functions that change the session: advisory locks outside a transaction's
@@ -154,7 +192,12 @@ const char *session_state_sql(const char *sql, size_t n)
         if (has_word(sql, n, "set_config"))
             return "set_config()";
     }
-    if (!memchr(sql, ';', n))
+    semi = memchr(sql, ';', n);
+    /* One statement, or one and its terminator ("...;", as pgbench sends
+     * it): the split would give that statement alone (or the whole text, when
+     * the ';' is in a comment or string), and statement_effect says the same
+     * of both, as neither its words nor has_word's patterns go past a ';'. */
+    if (!semi || all_blank(semi + 1, n - (size_t)(semi + 1 - sql)))
         return statement_effect(sql, n);
     k = shape_split(sql, n, spans, 16);
     for (int i = 0; i < k && i < 16; i++) {

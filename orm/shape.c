@@ -590,7 +590,7 @@ static bool lex_unicode(Lex *L)
 static bool lex_word(Lex *L)
 {
     const char *s = L->s;
-    size_t i = L->i, end;
+    size_t i = L->i, end, n;
     unsigned char c = s[i] | 0x20, c1 = at(s, L->len, i + 1);
     int kw;
 
@@ -614,13 +614,32 @@ static bool lex_word(Lex *L)
     if (c == 'u' && c1 == '&' && (at(s, L->len, i + 2) == '\'' || at(s, L->len, i + 2) == '"'))
         return lex_unicode(L);
 word:
-    end = scan_word(s, L->len, i);
-    if (!tok_begin(L, 'a', end - i))
+    /* Room for the rest of the text is room for the word: then one pass finds
+     * its end and copies it in lower case (bytes >= 0x80 as they are). */
+    n = L->len - i;
+    if (L->o + n + 3 > SHAPE_TEXT_CAP)
+        n = scan_word(s, L->len, i) - i;
+    if (!tok_begin(L, 'a', n))
         return false;
     L->word_o = L->o;
-    for (size_t k = i; k < end; k++) {
-        unsigned char b = (unsigned char)s[k];
-        L->out[L->o++] = (char)(b < 0x80 ? wtab[b] : b);
+    {
+        char *o = L->out + L->o; /* local pointers: stores through L->out would reload L */
+        const unsigned char *p = (const unsigned char *)s + i,
+                            *lim = (const unsigned char *)s + L->len;
+        unsigned char m = 0;
+        *o++ = lower(*p++);
+        for (;;) {
+            /* ASCII word bytes map to 0x24 and above, bytes >= 0x80 to 1 */
+            while (p < lim && (m = wtab[*p]) > 1) {
+                *o++ = (char)m;
+                p++;
+            }
+            if (p == lim || m == 0)
+                break;
+            *o++ = (char)*p++;
+        }
+        end = (size_t)(p - (const unsigned char *)s);
+        L->o = (size_t)(o - L->out);
     }
     kw = end - i <= 11 ? keyword(L->out + L->word_o, end - i) : KW_NONE;
     if ((kw == KW_NULL || kw == KW_TRUE || kw == KW_FALSE) && L->kw != KW_IS && L->kw != KW_NOT) {
@@ -1069,7 +1088,14 @@ uint64_t shape_hash_bytes(const void *p, size_t n)
     }
     if (n) {
         w = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        /* what the memcpy below does on this byte order, without a call for
+         * the few bytes of every short value */
+        for (size_t k = 0; k < n; k++)
+            w |= (uint64_t)b[k] << (8 * k);
+#else
         memcpy(&w, b, n);
+#endif
         h = rotl64(h ^ (w * K2), 29) * K1;
     }
     return fmix64(h);
