@@ -44,13 +44,15 @@
 
 #include "orm/cache_key.h"
 
-#define MAX_PARTS  10
-#define CAP_LIMIT  680
+#define MAX_PARTS   10
+#define CAP_LIMIT   680
 #define OID_NUMERIC 1700
 
 static const uint32_t types[10] = {
-    CACHE_OID_INT2, CACHE_OID_INT4,    CACHE_OID_INT8, CACHE_OID_OID, CACHE_OID_TEXT,
-    CACHE_OID_VARCHAR, CACHE_OID_UUID, CACHE_OID_BOOL, 0,             OID_NUMERIC,
+    CACHE_OID_INT2, CACHE_OID_INT4, CACHE_OID_INT8,
+    CACHE_OID_OID,  CACHE_OID_TEXT, CACHE_OID_VARCHAR,
+    CACHE_OID_UUID, CACHE_OID_BOOL, 0,
+    OID_NUMERIC,
 };
 
 static const char *tolerate = "";
@@ -265,8 +267,8 @@ static void check_int(uint32_t t, const uint8_t *v, size_t len, bool binary, con
     /* canonical decimal; a fixed point (for a binary value: when the type holds it) */
     FUZZ_CHECK(n >= 1 && (got[0] != '0' || n == 1) && (got[0] != '-' || (n >= 2 && got[1] != '0')));
     if (in_range(t, val))
-        expect_same("canonical integer again", value_into(t, (const uint8_t *)got, (size_t)n,
-                                                          false, again, sizeof(again)),
+        expect_same("canonical integer again",
+                    value_into(t, (const uint8_t *)got, (size_t)n, false, again, sizeof(again)),
                     again, n, got);
     if (binary)
         return;
@@ -324,8 +326,7 @@ static void check_uuid(const uint8_t *v, size_t len, bool binary, const char *go
  * One value: its key with plenty of room (returned in ref, length as
  * result), with the part's own cap, and the type's promises.
  */
-static int check_value(uint32_t t, const uint8_t *v, size_t len, bool binary, size_t cap,
-                       char *ref)
+static int check_value(uint32_t t, const uint8_t *v, size_t len, bool binary, size_t cap, char *ref)
 {
     size_t big = len + 64;
     char *got = malloc(big);
@@ -345,8 +346,8 @@ static int check_value(uint32_t t, const uint8_t *v, size_t len, bool binary, si
         c = value_into(t, v, len, binary, small, cap);
         if (c >= 0)
             expect_same("with a smaller cap", c, small, n, got);
-        else if (n >= 0 && (size_t)n <= cap && !(is_int_type(t) && (size_t)n == cap &&
-                                                  tolerated("exact-fit"))) {
+        else if (n >= 0 && (size_t)n <= cap &&
+                 !(is_int_type(t) && (size_t)n == cap && tolerated("exact-fit"))) {
             fprintf(stderr, "type %u: a %d-byte key refused with cap %zu\n", t, n, cap);
             FUZZ_CHECK(!"a key that fits in cap is written");
         }

@@ -127,7 +127,7 @@ static void check_tuple(const PgoTuple *t, const uint8_t *p, size_t len, Hash *h
 }
 
 /* Offset of q in the message. */
-#define OFF(q) ((size_t)((const uint8_t *)(q) - p))
+#define OFF(q) ((size_t)((const uint8_t *)(q)-p))
 
 /* A message that decoded: layout and iterators. Returns its content hash. */
 static uint64_t check_decoded(const uint8_t *p, size_t len, const PgoMsg *m)
@@ -228,7 +228,8 @@ static uint64_t check_decoded(const uint8_t *p, size_t len, const PgoMsg *m)
     case PGO_TRUNCATE:
         FUZZ_CHECK(len >= 6 && m->u.truncate.nrels == be32(p + 1));
         FUZZ_CHECK(m->u.truncate.options == p[5]);
-        FUZZ_CHECK(m->u.truncate.nrels <= (len - 6) / 4 && len == 6 + 4 * (size_t)m->u.truncate.nrels);
+        FUZZ_CHECK(m->u.truncate.nrels <= (len - 6) / 4 &&
+                   len == 6 + 4 * (size_t)m->u.truncate.nrels);
         FUZZ_CHECK(m->u.truncate.nrels == 0 || m->u.truncate.relids == p + 6);
         h_u64(&h, m->u.truncate.options);
         for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
@@ -304,8 +305,7 @@ static void check_msg(const uint8_t *p, size_t len)
             continue;
         memcpy(work + len + 1 - n, p, n);
         if (pgo_decode(work + len + 1 - n, n, &m2) == NULL) {
-            fprintf(stderr, "a %zu-byte prefix of a %zu-byte '%c' message decoded\n", n, len,
-                    p[0]);
+            fprintf(stderr, "a %zu-byte prefix of a %zu-byte '%c' message decoded\n", n, len, p[0]);
             FUZZ_CHECK(!"a truncated message never decodes as complete");
         }
     }
