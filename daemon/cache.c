@@ -1766,7 +1766,6 @@ void cache_report_json(const Worker *w, struct evbuffer *out)
 {
     const char *name;
     char value[256];
-    bool first = true;
 
     evbuffer_add_printf(out, "{\"enabled\":%s", w->cache ? "true" : "false");
     for (int i = 0; cache_report_row(w, i, &name, value, sizeof(value)); i++) {
@@ -1779,9 +1778,7 @@ void cache_report_json(const Worker *w, struct evbuffer *out)
             evbuffer_add_printf(out, "%.17g", d);
         else
             stats_json_string(out, value);
-        first = false;
     }
-    (void)first;
     evbuffer_add_printf(out, "}");
 }
 
