@@ -2223,6 +2223,26 @@ class LimitsTest(CacheCase):
         self.read(3)
         self.assertEqual(self.assert_hit(lambda: self.read(3)), [("y" * 1800, 3)])
 
+    def test_metrics_pass_promtool(self):
+        """/metrics with the cache's families is valid Prometheus text, and its
+        counters are the ones /cache reports."""
+        import urllib.request
+        self.warm(lambda: self.read(1))
+        self.assert_hit(lambda: self.read(1))
+        st = self.stats()
+        url = "http://127.0.0.1:%d/metrics" % self.proxy.admin_port
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        checked = adminlib.promtool_check(text)
+        if checked is not None:
+            self.assertTrue(checked[0], checked[1])
+        values = dict(l.rsplit(" ", 1) for l in text.splitlines()
+                      if l.startswith("pgcoalesce_cache_") and not l.startswith("#"))
+        self.assertEqual(values["pgcoalesce_cache_redis_up"], "1")
+        self.assertGreaterEqual(int(values["pgcoalesce_cache_hits_total"]), st["hits"])
+        self.assertGreaterEqual(int(values["pgcoalesce_cache_hits_total"]), 1)
+        self.assertIn('pgcoalesce_cache_bypass_total{reason="catalog"}', values)
+        self.assertIn('pgcoalesce_cache_invalidations_total{source="replication"}', values)
+
     def test_row_over_a_mebibyte(self):
         """The fill reads messages whole to keep them; a longer one (3 MiB) goes to
         the client as it comes: right answer, server connection kept, not stored."""
