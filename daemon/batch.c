@@ -345,17 +345,11 @@ BatchResult orm_exec_read(Client *c, OrmExec *x)
 /* ---- answering from a prefetch -----------------------------------------------------------------
  */
 
-static char client_status(const Client *c)
+size_t orm_answer(Client *c, const OrmExec *x, const uint8_t *rowdesc, size_t rowdesc_len,
+                  const uint8_t *rows, size_t rows_len, const char *tag, uint64_t nrows,
+                  double started)
 {
-    return c->server ? c->server->tx_status : 'I';
-}
-
-static void answer(Client *c, OrmExec *x, OrmPrefetch *pf, PfKey *k)
-{
-    OrmBatchStats *st = &c->w->orm->batch;
     PktBuf *b = worker_pkt(c->w);
-    char tag[32];
-    double started = now_sec();
 
     if (x->has_parse) {
         pkt_begin(b, '1');
@@ -366,18 +360,27 @@ static void answer(Client *c, OrmExec *x, OrmPrefetch *pf, PfKey *k)
         pkt_end(b);
     }
     if (x->simple || x->has_describe)
-        pkt_put_bytes(b, pf->rowdesc, pf->rowdesc_len);
-    if (k->len > 0)
-        pkt_put_bytes(b, pf->rows + k->off, k->len);
-    snprintf(tag, sizeof(tag), "SELECT %" PRIu32, k->nrows);
+        pkt_put_bytes(b, rowdesc, rowdesc_len);
+    if (rows_len > 0)
+        pkt_put_bytes(b, rows, rows_len);
     pkt_command_complete(b, tag);
-    pkt_ready(b, client_status(c));
+    pkt_ready(b, orm_client_status(c));
     io_send(&c->io, b->data, b->len);
     evbuffer_drain(c->io.in, x->bytes);
-    k->asked++;
-    st->keys_answered++;
     c->pool->stats.query_count++;
-    orm_stmt_local(c, &x->stmt, k->nrows, started);
+    orm_stmt_local(c, &x->stmt, nrows, started);
+    return b->len;
+}
+
+static void answer(Client *c, OrmExec *x, OrmPrefetch *pf, PfKey *k)
+{
+    char tag[32];
+
+    snprintf(tag, sizeof(tag), "SELECT %" PRIu32, k->nrows);
+    orm_answer(c, x, pf->rowdesc, pf->rowdesc_len, pf->rows + k->off, k->len, tag, k->nrows,
+               now_sec());
+    k->asked++;
+    c->w->orm->batch.keys_answered++;
 }
 
 /* ---- a batch on its way ------------------------------------------------------------------------
@@ -880,7 +883,7 @@ BatchResult batch_client(Client *c)
     ShapeLit lit;
     OrmExec x;
     int i;
-    char status = client_status(c);
+    char status = orm_client_status(c);
     double now;
 
     if (!o)

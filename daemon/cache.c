@@ -109,9 +109,8 @@ typedef struct EntryAddr {
 typedef struct CacheFill {
     EntryAddr a;
     uint64_t exec_hash; /* of the execution's bytes, to know it again */
-    size_t exec_bytes;
-    bool simple, has_parse, has_describe, named;
-    OrmStmt stmt;
+    OrmExec x;          /* its form, length and statement (no pointers into the input) */
+    bool named;
     double started;
     /* what the server answered */
     uint8_t *rowdesc;
@@ -173,11 +172,6 @@ struct CacheClient {
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static char client_status(const Client *c)
-{
-    return c->server ? c->server->tx_status : 'I';
-}
-
 static void bypass(CacheWorker *cw, CacheBypass why)
 {
     cw->st.bypass[why]++;
@@ -200,7 +194,7 @@ static void fill_free(CacheFill *f)
 {
     if (!f)
         return;
-    orm_stmt_release(&f->stmt);
+    orm_exec_free(&f->x);
     free(f->rowdesc);
     free(f->rows);
     free(f);
@@ -1002,7 +996,12 @@ static bool read_key(OrmWorker *ow, const OrmExec *x, const ShapeInfo *info, con
     ShapeBuf *sb = ow->sb;
     char buf[CACHE_KEY_MAX];
 
-    if (!shape_normalize(x->text, x->text_len, sb) || sb->nstmts != 1)
+    /* a Query was just shaped from this very text by orm_exec_read (nothing shaped
+     * since); an extended execution may have come from a shape cache */
+    if (!(x->simple && sb->status == SHAPE_OK && sb->hash == info->hash) &&
+        !shape_normalize(x->text, x->text_len, sb))
+        return false;
+    if (sb->nstmts != 1)
         return false;
     cache_key_init(key, ti->npk);
     *pk_params = 0;
@@ -1083,8 +1082,9 @@ static void entry_field(const OrmStmt *e, uint64_t pk_params, uint64_t out_hash,
     h[n++] = out_hash;
     h[n++] = e->res_fmt;
     h[n++] = e->res_bin;
+    /* params[N1_MAX_PARAMS] folds the rest: it stays in, key or not */
     for (int i = 0; i < e->nparams; i++)
-        if (i >= 64 || !(pk_params >> i & 1) || i >= N1_MAX_PARAMS)
+        if (i >= N1_MAX_PARAMS || !(pk_params >> i & 1))
             h[n++] = e->params[i];
     snprintf(out, 17, "%016" PRIx64, shape_hash_bytes(h, (size_t)n * sizeof(h[0])));
 }
@@ -1092,7 +1092,7 @@ static void entry_field(const OrmStmt *e, uint64_t pk_params, uint64_t out_hash,
 /* May this client's statement use the cache now? The reason when not. */
 static bool session_ok(Client *c, CacheClient *cc, CacheBypass *why)
 {
-    char st = client_status(c);
+    char st = orm_client_status(c);
 
     if (cc->session_changed) {
         *why = CACHE_BYPASS_SESSION;
@@ -1190,7 +1190,7 @@ static BatchResult lookup_start(Client *c, CacheClient *cc, OrmExec *x)
         return BATCH_PASS;
     }
     if (!session_ok(c, cc, &why)) {
-        if (client_status(c) != 'E')
+        if (orm_client_status(c) != 'E')
             bypass(cw, why);
         return BATCH_PASS;
     }
@@ -1212,13 +1212,13 @@ static BatchResult lookup_start(Client *c, CacheClient *cc, OrmExec *x)
     f->a.pklen = key.len;
     entry_field(&x->stmt, pk_params, output_hash(cc, c), f->a.field);
     f->exec_hash = shape_hash_bytes(x->buf, x->bytes);
-    f->exec_bytes = x->bytes;
-    f->simple = x->simple;
-    f->has_parse = x->has_parse;
-    f->has_describe = x->has_describe;
+    f->x.bytes = x->bytes;
+    f->x.simple = x->simple;
+    f->x.has_parse = x->has_parse;
+    f->x.has_describe = x->has_describe;
     f->named = !x->simple && !x->has_parse;
     f->started = now_sec();
-    orm_stmt_copy(&f->stmt, &x->stmt);
+    orm_stmt_copy(&f->x.stmt, &x->stmt);
     if (!lookup_send(c, cc, f)) {
         fill_free(f);
         bypass(cw, CACHE_BYPASS_REDIS);
@@ -1262,34 +1262,18 @@ static bool entry_read(const uint8_t *p, size_t n, Entry *e)
     e->nrows = get_u32(p + at);
     e->tag = p + at + 4;
     e->tag_len = (uint32_t)(n - at - 4);
-    return e->tag_len >= PROTO_HDR_LEN && e->tag[0] == 'C';
+    /* a whole CommandComplete whose tag ends in its NUL */
+    return e->tag_len > PROTO_HDR_LEN && e->tag[0] == 'C' && e->tag[e->tag_len - 1] == '\0';
 }
 
 /* Answer the client's execution from e, as the server would have; drains it. */
 static void answer(Client *c, CacheFill *f, const Entry *e)
 {
     CacheWorker *cw = c->w->cache;
-    PktBuf *b = worker_pkt(c->w);
 
-    if (f->has_parse) {
-        pkt_begin(b, '1');
-        pkt_end(b);
-    }
-    if (!f->simple) {
-        pkt_begin(b, '2');
-        pkt_end(b);
-    }
-    if (f->simple || f->has_describe)
-        pkt_put_bytes(b, e->rowdesc, e->rowdesc_len);
-    pkt_put_bytes(b, e->rows, e->rows_len);
-    pkt_put_bytes(b, e->tag, e->tag_len);
-    pkt_ready(b, client_status(c));
-    io_send(&c->io, b->data, b->len);
-    evbuffer_drain(c->io.in, f->exec_bytes);
     cw->st.hits++;
-    cw->st.bytes_served += b->len;
-    c->pool->stats.query_count++;
-    orm_stmt_local(c, &f->stmt, e->nrows, f->started);
+    cw->st.bytes_served += orm_answer(c, &f->x, e->rowdesc, e->rowdesc_len, e->rows, e->rows_len,
+                                      (const char *)e->tag + PROTO_HDR_LEN, e->nrows, f->started);
 }
 
 static void copy_version(char *dst, const redisReply *r)
@@ -1326,7 +1310,7 @@ static void lookup_reply(void *arg, redisReply *reply, double latency)
     copy_version(f->a.v, reply->element[2]);
     if (reply->elements >= 4 && reply->element[3]->type == REDIS_REPLY_STRING &&
         entry_read((const uint8_t *)reply->element[3]->str, reply->element[3]->len, &e) &&
-        ((e.flags & ENTRY_HAS_ROWDESC) || (!f->simple && !f->has_describe))) {
+        ((e.flags & ENTRY_HAS_ROWDESC) || (!f->x.simple && !f->x.has_describe))) {
         answer(c, f, &e);
         fill_free(f);
     } else {
@@ -1521,12 +1505,12 @@ static bool fill_forwards(const CacheFill *f, char type)
 {
     switch (type) {
     case '1':
-        return f->has_parse || f->simple;
+        return f->x.has_parse || f->x.simple;
     case '3':
         return false; /* the Close of the proxy's statement */
     case 'T':
     case 'n':
-        return f->simple || f->has_describe;
+        return f->x.simple || f->x.has_describe;
     default:
         return true;
     }
@@ -1539,10 +1523,10 @@ static bool fill_end(Server *s, Client *c)
     CacheFill *f = cc->fill;
 
     cc->fill = NULL;
-    evbuffer_drain(c->io.in, f->exec_bytes);
+    evbuffer_drain(c->io.in, f->x.bytes);
     c->pool->stats.query_count++;
     stats_query_end(s);
-    orm_stmt_local(c, &f->stmt, f->nrows, f->started);
+    orm_stmt_local(c, &f->x.stmt, f->nrows, f->started);
     fill_store(c, f);
     fill_free(f);
     if (server_releasable(s)) {
@@ -1641,7 +1625,7 @@ BatchResult cache_client(Client *c)
     if (!x.stmt.info || !x.stmt.info->cacheable || x.stmt.info->ntables != 1)
         goto out;
     if (cc->pending) {
-        if (cc->pending->exec_hash == h && cc->pending->exec_bytes == x.bytes) {
+        if (cc->pending->exec_hash == h && cc->pending->x.bytes == x.bytes) {
             r = fill_start(c, cc, &x);
             goto out;
         }
@@ -1662,13 +1646,6 @@ static const char *const bypass_names[CACHE_BYPASS_N] = {
     "redis", "timeout", "error",     "catalog", "table",
     "key",   "wrote",   "isolation", "session", "replication",
 };
-
-void cache_stats(const Worker *w, CacheStats *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (w->cache)
-        *out = w->cache->st;
-}
 
 static double hit_ratio(const CacheStats *st)
 {

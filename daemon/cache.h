@@ -121,7 +121,6 @@ bool cache_server_input(Server *s);
 void cache_pool_free(Pool *p);
 
 /* Reports (SHOW CACHE, /cache, /metrics). */
-void cache_stats(const Worker *w, CacheStats *out);
 struct evbuffer;
 void cache_report_json(const Worker *w, struct evbuffer *out);
 void cache_report_metrics(const Worker *w, struct evbuffer *out);

@@ -62,9 +62,7 @@ struct Catalog {
     Pool *pool;
     PGconn *conn;
     CatState state;
-    struct event *io; /* on PQsocket, recreated when the socket or the interest changes */
-    evutil_socket_t io_fd;
-    short io_what;
+    PqWatch io;          /* on PQsocket */
     struct event *timer; /* deadline of the connect or query in progress */
     struct evdns_getaddrinfo_request *dns_req;
     char hostaddr[INET6_ADDRSTRLEN]; /* what DNS gave for pool->host */
@@ -194,33 +192,10 @@ static void cat_queue_clear(Catalog *cat)
 
 /* ---- the connection --------------------------------------------------- */
 
-static void cat_unwatch(Catalog *cat)
-{
-    if (cat->io)
-        event_free(cat->io);
-    cat->io = NULL;
-    cat->io_fd = -1;
-    cat->io_what = 0;
-}
-
 /* Wait for what (EV_READ and/or EV_WRITE) on the connection's socket. */
 static bool cat_watch(Catalog *cat, short what)
 {
-    evutil_socket_t fd = PQsocket(cat->conn);
-
-    if (fd < 0)
-        return false;
-    if (cat->io && cat->io_fd == fd && cat->io_what == what)
-        return true;
-    cat_unwatch(cat);
-    cat->io = event_new(cat->pool->w->base, fd, what | EV_PERSIST, cat_on_io, cat);
-    if (!cat->io || event_add(cat->io, NULL) != 0) {
-        cat_unwatch(cat);
-        return false;
-    }
-    cat->io_fd = fd;
-    cat->io_what = what;
-    return true;
+    return pq_watch(&cat->io, cat->pool->w->base, cat->conn, what, false, cat_on_io, cat);
 }
 
 static void cat_deadline(Catalog *cat, bool on)
@@ -243,7 +218,7 @@ static void cat_disconnect(Catalog *cat)
         cat->dns_req = NULL; /* the callback runs now, with EVUTIL_EAI_CANCEL */
         evdns_getaddrinfo_cancel(req);
     }
-    cat_unwatch(cat);
+    pq_unwatch(&cat->io);
     cat_deadline(cat, false);
     if (cat->result)
         PQclear(cat->result);
@@ -437,17 +412,6 @@ static void cat_dns_done(int result, struct evutil_addrinfo *res, void *arg)
     cat_connect(cat, cat->hostaddr);
 }
 
-/* Does libpq need to resolve host itself (a name, not an address or a socket directory)? */
-static bool cat_needs_dns(const char *host)
-{
-    struct in6_addr a6;
-    struct in_addr a4;
-
-    if (!host || !*host || host[0] == '/' || host[0] == '@')
-        return false;
-    return inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1;
-}
-
 /* Open the connection: resolve the host without blocking the loop, then connect. */
 static void cat_open(Catalog *cat)
 {
@@ -462,7 +426,7 @@ static void cat_open(Catalog *cat)
         cat_fail(cat, "out of memory");
         return;
     }
-    if (!cat_needs_dns(cat->pool->host) || !w->dns) {
+    if (!upstream_needs_dns(cat->pool->host) || !w->dns) {
         cat_connect(cat, NULL);
         return;
     }
@@ -783,7 +747,7 @@ Catalog *catalog_new(struct Pool *p)
         return NULL;
     cat->pool = p;
     cat->state = CAT_DOWN;
-    cat->io_fd = -1;
+    cat->io.fd = -1;
     cat->backoff = CATALOG_BACKOFF_MIN;
     cat->read_committed = -1;
     return cat;

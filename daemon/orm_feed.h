@@ -267,6 +267,25 @@ typedef struct OrmExec {
 BatchResult orm_exec_read(Client *c, OrmExec *x);
 void orm_exec_free(OrmExec *x);
 
+/* The transaction status the client sees now: its server's, or 'I' without one. */
+static inline char orm_client_status(const Client *c)
+{
+    return c->server ? c->server->tx_status : 'I';
+}
+
+/*
+ * Answer the execution at the front of the client's input (simple, with a
+ * Parse, with a Describe as x says; exec_bytes long) with the messages the
+ * server would have sent: ParseComplete and BindComplete where due, the
+ * whole RowDescription message for a Query or after a Describe, the DataRow
+ * messages rows[0..rows_len), CommandComplete with tag, ReadyForQuery with
+ * the current status. Drains the execution, counts the query and feeds the
+ * statement to the detector. Returns the bytes sent.
+ */
+size_t orm_answer(Client *c, const OrmExec *x, const uint8_t *rowdesc, size_t rowdesc_len,
+                  const uint8_t *rows, size_t rows_len, const char *tag, uint64_t nrows,
+                  double started);
+
 bool batch_worker_init(OrmWorker *ow) __attribute__((warn_unused_result));
 void batch_worker_free(OrmWorker *ow);
 /*

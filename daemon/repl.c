@@ -107,8 +107,7 @@ struct Repl {
     ReplCallbacks cb;
     ReplState state;
     PGconn *conn;
-    struct event *io; /* on PQsocket(conn) */
-    short io_what;
+    PqWatch io;          /* on PQsocket(conn) */
     struct event *retry; /* one-shot: the next attempt */
     struct event *tick;  /* every second: timeouts, status updates */
     struct evdns_getaddrinfo_request *dns;
@@ -138,8 +137,7 @@ struct Repl {
     /* the visibility check: SELECT pg_current_snapshot() on a connection of its own */
     CheckState ck;
     PGconn *ck_conn;
-    struct event *ck_io; /* on PQsocket(ck_conn) */
-    short ck_io_what;
+    PqWatch ck_io;      /* on PQsocket(ck_conn) */
     double ck_since;    /* connect started, or the query sent */
     double ck_last;     /* the last query sent */
     double ck_retry_at; /* CK_DOWN: no new connection before this */
@@ -167,10 +165,7 @@ static void repl_close(Repl *r)
         evdns_getaddrinfo_cancel(r->dns);
         r->dns = NULL;
     }
-    if (r->io) {
-        event_free(r->io);
-        r->io = NULL;
-    }
+    pq_unwatch(&r->io);
     if (r->conn) {
         PQfinish(r->conn);
         r->conn = NULL;
@@ -237,23 +232,13 @@ static void repl_fail(Repl *r, const char *fmt, ...)
  */
 static bool repl_watch(Repl *r, short what, bool force)
 {
-    int fd = PQsocket(r->conn);
-
-    if (fd < 0) {
-        repl_fail(r, "connection has no socket: %s", PQerrorMessage(r->conn));
-        return false;
-    }
-    if (r->io && !force && r->io_what == what)
+    if (pq_watch(&r->io, r->p->w->base, r->conn, what, force, repl_io_cb, r))
         return true;
-    if (r->io)
-        event_free(r->io);
-    r->io = event_new(r->p->w->base, fd, what | EV_PERSIST, repl_io_cb, r);
-    if (!r->io || event_add(r->io, NULL) < 0) {
+    if (PQsocket(r->conn) < 0)
+        repl_fail(r, "connection has no socket: %s", PQerrorMessage(r->conn));
+    else
         repl_fail(r, "cannot watch the socket");
-        return false;
-    }
-    r->io_what = what;
-    return true;
+    return false;
 }
 
 /* Push queued output; wait for write readiness while some is left. */
@@ -734,10 +719,7 @@ static void ck_io_cb(evutil_socket_t fd, short what, void *arg);
 
 static void ck_close(Repl *r)
 {
-    if (r->ck_io) {
-        event_free(r->ck_io);
-        r->ck_io = NULL;
-    }
+    pq_unwatch(&r->ck_io);
     if (r->ck_conn) {
         PQfinish(r->ck_conn);
         r->ck_conn = NULL;
@@ -769,23 +751,13 @@ static void ck_fail(Repl *r, const char *fmt, ...)
 /* As repl_watch, for the check connection. */
 static bool ck_watch(Repl *r, short what, bool force)
 {
-    int fd = PQsocket(r->ck_conn);
-
-    if (fd < 0) {
-        ck_fail(r, "connection has no socket: %s", PQerrorMessage(r->ck_conn));
-        return false;
-    }
-    if (r->ck_io && !force && r->ck_io_what == what)
+    if (pq_watch(&r->ck_io, r->p->w->base, r->ck_conn, what, force, ck_io_cb, r))
         return true;
-    if (r->ck_io)
-        event_free(r->ck_io);
-    r->ck_io = event_new(r->p->w->base, fd, what | EV_PERSIST, ck_io_cb, r);
-    if (!r->ck_io || event_add(r->ck_io, NULL) < 0) {
+    if (PQsocket(r->ck_conn) < 0)
+        ck_fail(r, "connection has no socket: %s", PQerrorMessage(r->ck_conn));
+    else
         ck_fail(r, "cannot watch the socket");
-        return false;
-    }
-    r->ck_io_what = what;
-    return true;
+    return false;
 }
 
 static bool ck_flush(Repl *r)
@@ -1369,16 +1341,6 @@ static void repl_dns_done(int result, struct evutil_addrinfo *res, void *arg)
 }
 
 /* Does the host need DNS (not a socket directory, not a numeric address)? */
-static bool host_needs_dns(const char *host)
-{
-    struct in6_addr a6;
-    struct in_addr a4;
-
-    if (!host || !*host || host[0] == '/' || host[0] == '@')
-        return false;
-    return inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1;
-}
-
 /* A new attempt: resolve the host when it is a name (and there is a resolver), then connect. */
 static void repl_attempt(Repl *r)
 {
@@ -1389,7 +1351,7 @@ static void repl_attempt(Repl *r)
 
     r->attempt_since = now_sec();
     r->hostaddr[0] = 0;
-    if (!r->p->w->dns || !host_needs_dns(r->p->host)) {
+    if (!r->p->w->dns || !upstream_needs_dns(r->p->host)) {
         repl_connect(r);
         return;
     }

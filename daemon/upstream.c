@@ -4,6 +4,7 @@
  */
 #include "daemon/upstream.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 
 static const char *libpq_sslmode(ServerTlsMode m)
@@ -58,4 +59,43 @@ void upstream_conninfo(const Pool *p, bool replication, const char *keys[UPSTREA
 #undef KV
     keys[n] = NULL;
     vals[n] = NULL;
+}
+
+bool upstream_needs_dns(const char *host)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+
+    if (!host || !*host || host[0] == '/' || host[0] == '@')
+        return false;
+    return inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1;
+}
+
+void pq_unwatch(PqWatch *pw)
+{
+    if (pw->ev)
+        event_free(pw->ev);
+    pw->ev = NULL;
+    pw->fd = -1;
+    pw->what = 0;
+}
+
+bool pq_watch(PqWatch *pw, struct event_base *base, PGconn *conn, short what, bool force,
+              event_callback_fn cb, void *arg)
+{
+    evutil_socket_t fd = PQsocket(conn);
+
+    if (pw->ev && !force && pw->fd == fd && pw->what == what)
+        return true;
+    pq_unwatch(pw);
+    if (fd < 0)
+        return false;
+    pw->ev = event_new(base, fd, what | EV_PERSIST, cb, arg);
+    if (!pw->ev || event_add(pw->ev, NULL) != 0) {
+        pq_unwatch(pw);
+        return false;
+    }
+    pw->fd = fd;
+    pw->what = what;
+    return true;
 }

@@ -16,6 +16,7 @@ PGC_KEEP_TMP=1 (keep temp dirs for inspection).
 """
 
 import atexit
+import json
 import base64
 import ctypes
 import faulthandler
@@ -913,6 +914,31 @@ def run_threads(fn, n, *args):
         if e is not None:
             raise e
     return results
+
+
+# ---------------------------------------------------------------- comparing runs
+
+
+def differences(a, b, path="$", out=None, limit=12):
+    """Paths where two JSON values differ, with both sides (cut short)."""
+    if out is None:
+        out = []
+    if len(out) >= limit:
+        return out
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append("%s.%s: only %s" % (path, k, "direct" if k in a else "proxied"))
+            else:
+                differences(a[k], b[k], "%s.%s" % (path, k), out, limit)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            out.append("%s: %d items directly, %d through pgcoalesce" % (path, len(a), len(b)))
+        for i, (x, y) in enumerate(zip(a, b)):
+            differences(x, y, "%s[%d]" % (path, i), out, limit)
+    elif a != b:
+        out.append("%s: direct %s, proxied %s" % (path, json.dumps(a)[:300], json.dumps(b)[:300]))
+    return out[:limit]
 
 
 # ---------------------------------------------------------------- raw protocol
