@@ -281,6 +281,7 @@ void orm_client_free(Client *c)
     orm_stmt_release(&o->bound);
     orm_shape_cache_free(o->unnamed_cache);
     free(o->unnamed);
+    free(o->rd);
     client_stmts_clear(&o->named, &c->w->prepared);
     n1_session_free(o->sess);
     free(o);
@@ -794,16 +795,30 @@ static const uint8_t *server_body(Server *s, uint32_t len, IoCursor *cur, size_t
     return s->w->orm->msg;
 }
 
-/* RowDescription: the column names go to the detector. */
-static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
-{
-    const char *names[N1_MAX_COLS];
-    MsgReader r;
-    int n, k = 0;
+/*
+ * The last RowDescription a client's statement got, as read: a loop runs one
+ * shape after another and each answer describes the same columns, so a
+ * byte-identical one is not read again.
+ */
+struct OrmRowDesc {
+    uint32_t len, cap; /* of body */
+    int ncols;         /* names in name */
+    uint64_t col_int;  /* as ClientOrm's */
+    uint64_t col_uuid; /* ... */
+    uint16_t name[N1_MAX_COLS];
+    uint8_t body[];
+};
 
-    it->n1 |= ORM_RQ_COLS;
-    if (!body)
-        return; /* too long: the first DataRow gives the count */
+#define ORM_ROWDESC_MAX 2048 /* longer ones are read every time */
+
+/* Read a RowDescription body into rd (names as offsets into body). */
+static bool rowdesc_read(OrmRowDesc *rd, const uint8_t *body, uint32_t len)
+{
+    MsgReader r;
+    int n;
+
+    rd->ncols = 0;
+    rd->col_int = rd->col_uuid = 0;
     mr_init(&r, body, len);
     n = mr_i16(&r);
     for (int i = 0; i < n && !r.bad; i++) {
@@ -814,22 +829,77 @@ static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t le
         type = (uint32_t)mr_i32(&r);
         mr_bytes(&r, 6); /* typlen, typmod */
         format = mr_i16(&r);
-        if (name && k < N1_MAX_COLS) {
+        if (name && rd->ncols < N1_MAX_COLS) {
+            int k = rd->ncols++;
             if (format == 1 && oid_is_int(type))
-                c->orm->col_int |= 1ULL << k;
+                rd->col_int |= 1ULL << k;
             if (format == 1 && type == OID_UUID)
-                c->orm->col_uuid |= 1ULL << k;
-            names[k++] = name;
+                rd->col_uuid |= 1ULL << k;
+            rd->name[k] = (uint16_t)((const uint8_t *)name - body);
         }
     }
-    if (r.bad || n < 0) {
+    return !r.bad && n >= 0;
+}
+
+/*
+ * The RowDescription body as read: o->rd when it is the same as the last one
+ * or could be kept as the new last one, else *tmp (read in place).
+ */
+static const OrmRowDesc *rowdesc_get(ClientOrm *o, OrmRowDesc *tmp, const uint8_t *body,
+                                     uint32_t len, const uint8_t **names_base)
+{
+    OrmRowDesc *rd = o->rd;
+
+    if (rd && rd->len == len && memcmp(rd->body, body, len) == 0) {
+        *names_base = rd->body;
+        return rd;
+    }
+    if (len <= ORM_ROWDESC_MAX && (!rd || rd->cap < len)) {
+        /* grown to the longest seen, so that a loop's alternating shapes settle */
+        OrmRowDesc *n = realloc(rd, sizeof(*rd) + len);
+        if (n) {
+            o->rd = rd = n;
+            rd->cap = len;
+        }
+    }
+    if (rd && rd->cap >= len) {
+        rd->len = 0; /* until read: never equal to a message */
+        if (!rowdesc_read(rd, body, len))
+            return NULL;
+        memcpy(rd->body, body, len);
+        rd->len = len;
+        *names_base = rd->body;
+        return rd;
+    }
+    *names_base = body;
+    return rowdesc_read(tmp, body, len) ? tmp : NULL;
+}
+
+/* RowDescription: the column names go to the detector. */
+static void feed_columns(Client *c, RqItem *it, const uint8_t *body, uint32_t len)
+{
+    const char *names[N1_MAX_COLS];
+    ClientOrm *o = c->orm;
+    const OrmRowDesc *rd;
+    OrmRowDesc tmp;
+    const uint8_t *base;
+
+    it->n1 |= ORM_RQ_COLS;
+    if (!body)
+        return; /* too long: the first DataRow gives the count */
+    rd = rowdesc_get(o, &tmp, body, len, &base);
+    if (!rd) {
         it->n1 &= (uint8_t)~ORM_RQ_COLS;
-        c->orm->col_int = 0;
-        c->orm->col_uuid = 0;
+        o->col_int = 0;
+        o->col_uuid = 0;
         return;
     }
-    c->orm->cols_typed = true;
-    n1_result_columns(c->orm->sess, k, names);
+    o->col_int = rd->col_int;
+    o->col_uuid = rd->col_uuid;
+    o->cols_typed = true;
+    for (int k = 0; k < rd->ncols; k++)
+        names[k] = (const char *)base + rd->name[k];
+    n1_result_columns(o->sess, rd->ncols, names);
 }
 
 /* DataRow: its values go to the detector while it wants them. */

@@ -120,6 +120,7 @@ static inline uint64_t orm_batch_round_trips_saved(const OrmBatchStats *st)
 }
 
 typedef struct OrmPrefetch OrmPrefetch;       /* daemon/batch.c */
+typedef struct OrmRowDesc OrmRowDesc;         /* daemon/orm_feed.c */
 typedef struct OrmBatch OrmBatch;             /* daemon/batch.c */
 typedef struct OrmBatchShapes OrmBatchShapes; /* daemon/batch.c */
 #define ORM_MAX_PREFETCH 4                    /* child shapes with a prefetch at once, per client */
@@ -157,6 +158,7 @@ typedef struct ClientOrm {
     bool cols_typed;   /* the running statement's RowDescription was read: */
     uint64_t col_int;  /* ... bit c: column c is a binary integer */
     uint64_t col_uuid; /* ... bit c: column c is a binary uuid */
+    OrmRowDesc *rd;    /* the last RowDescription read whole, or NULL */
     /* extended protocol */
     char *unnamed; /* the last unnamed Parse after its name: text, NUL, parameter types */
     uint32_t unnamed_len, unnamed_size, unnamed_cap; /* text length, whole size, allocated */

@@ -574,7 +574,7 @@ static bool ensure_store(N1Session *s)
 
 void n1_result_columns(N1Session *s, int ncols, const char *const *names)
 {
-    size_t used = 0, need = 0;
+    size_t used = 0, need = 0, len[N1_MAX_COLS];
 
     if (!s->want_result)
         return;
@@ -587,8 +587,10 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
     s->ncells = 0;
     s->raw_used = 0;
     s->full = s->ncols <= 0 || s->ncols > s->cap_vals;
-    for (int c = 0; c < s->ncols; c++)
-        need += names && names[c] ? strlen(names[c]) + 1 : 0;
+    for (int c = 0; c < s->ncols; c++) {
+        len[c] = names && names[c] ? strlen(names[c]) + 1 : 0;
+        need += len[c];
+    }
     if (need > NAMES_BUF)
         need = NAMES_BUF;
     if (need > s->names_cap) {
@@ -599,7 +601,7 @@ void n1_result_columns(N1Session *s, int ncols, const char *const *names)
         }
     }
     for (int c = 0; c < s->ncols; c++) {
-        size_t n = names && names[c] ? strlen(names[c]) + 1 : 0;
+        size_t n = len[c];
         s->name_off[c] = UINT16_MAX;
         if (n && used + n <= s->names_cap) {
             memcpy(s->names + used, names[c], n);
