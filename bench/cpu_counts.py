@@ -270,7 +270,7 @@ class CountBench(pc.Bench):
         a = self.args
         base = os.path.join(self.tmp, f"callgrind-{target}-{workload}.out")
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={base}",
-                   "--dump-instr=no", "--vgdb=yes"]
+                   "--dump-instr=no", "--compress-strings=no", "--vgdb=yes"]
         proc, name = self.start_proxy(target, wrapper, label="callgrind")
         try:
             self.run_fixed(name, workload, a.warmup_tx_callgrind, "callgrind warm-up")
