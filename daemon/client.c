@@ -6,7 +6,7 @@
 #include "daemon/log.h"
 #include "daemon/cache.h"
 #include "daemon/orm_feed.h"
-#include "daemon/session.h"
+#include "orm/session.h"
 #include "daemon/worker.h"
 #include "proto/msg.h"
 
@@ -922,10 +922,11 @@ oom:
 }
 
 /*
- * Queue a simple Query, noting what it does to tracked session state.
+ * Queue a simple Query, noting what it does to tracked session state
+ * (unless shaped: the caller takes that from the statement's shape).
  * Returns false on OOM.
  */
-static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
+static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len, bool shaped)
 {
     uint8_t text[128];
     char name[64];
@@ -933,7 +934,7 @@ static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len)
     QueryKind kind = QK_OTHER;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
-    if (tx_mode)
+    if (tx_mode && !shaped)
         client_note_session(c, s, peek_session(cur, len, false));
     /* Only short texts starting with R or D (after blanks) can be one of
      * these statements: most queries are let through on their first byte. */
@@ -1023,14 +1024,15 @@ static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text,
 }
 
 /* Account one message about to be forwarded as is. Returns false on OOM. */
-static bool client_note_message(Client *c, Server *s, char type, IoCursor *cur, uint32_t len)
+static bool client_note_message(Client *c, Server *s, char type, IoCursor *cur, uint32_t len,
+                                bool shaped)
 {
     PoolStats *st = &s->pool->stats;
 
     switch (type) {
     case 'Q':
         st->query_count++;
-        return client_note_query(c, s, cur, len);
+        return client_note_query(c, s, cur, len, shaped);
     case 'F':
         st->query_count++;
         return rq_push(s, RQ_QUERY, NULL, NULL);
@@ -1224,12 +1226,19 @@ static void client_process(Client *c)
         /* Shapes and N+1 detection need some messages whole (n1_mode). */
         if (n1 && !orm_client_whole(c, s, type, len, &cur, &fwd))
             break;
-        if (!client_note_message(c, s, type, &cur, len)) {
+        if (!client_note_message(c, s, type, &cur, len, n1)) {
             client_error_close(c, "53200", "out of memory");
             return;
         }
-        if (n1)
-            orm_client_message(c, s, type, &cur, len);
+        if (n1) {
+            /* a Query's session state from its shape, known for most: its
+             * words are not read a second time */
+            const char *what = NULL;
+            if (orm_client_message(c, s, type, &cur, len, &what))
+                client_note_session(c, s, what);
+            else if (type == 'Q' && tx_mode)
+                client_note_session(c, s, peek_session(&cur, len, false));
+        }
         c->pkt_left = PROTO_HDR_LEN + len;
     }
 out:

@@ -331,12 +331,18 @@ out_drop:
     orm_stmt_release(e);
 }
 
-/* The body of the message at cur copied whole into ow->msg, or NULL when it
- * is too long or not all there. */
+/* The body of the message at cur, in place when it lies in one vector of the
+ * input, else copied whole into ow->msg; NULL when it is too long or not all
+ * there. Read only, and only until the input is drained. */
 static const uint8_t *client_body(Client *c, const IoCursor *cur, uint32_t len)
 {
+    const uint8_t *in_place;
+
     if (len > ORM_MAX_MSG || io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
         return NULL;
+    in_place = io_cursor_span(cur, PROTO_HDR_LEN, len);
+    if (in_place)
+        return in_place;
     io_cursor_peek_at(cur, PROTO_HDR_LEN, c->w->orm->msg, len);
     return c->w->orm->msg;
 }
@@ -366,19 +372,27 @@ bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *c
     return true;
 }
 
-/* A simple Query: one statement shaped, or one "unknown". */
-static void client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len)
+/* A simple Query: one statement shaped, or one "unknown". True with *session
+ * set when its shape tells what it leaves in the session. */
+static bool client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len,
+                         const char **session)
 {
     const uint8_t *body = client_body(c, cur, len);
     OrmStmt e = {0};
+    bool known = false;
 
     if (body && len > 0 &&
         !orm_stmt_shape(c->w->orm, (const char *)body, text_len(body, len), NULL, 0, &e))
-        return; /* an empty query */
+        return false; /* an empty query */
+    if (e.info && e.info->session_known) {
+        *session = e.info->session;
+        known = true;
+    }
     if (cache_on(c->w) && body)
         cache_note_statement(c, &e, (const char *)body, e.info ? c->w->orm->sb : NULL, NULL, NULL,
                              0);
     client_queue(c, s, &e);
+    return known;
 }
 
 /* Remember the text of an unnamed Parse (or, in session mode, a named one). */
@@ -623,14 +637,14 @@ static void client_close_stmt(Client *c, const IoCursor *cur, uint32_t len)
         client_stmts_del(&c->orm->named, &c->w->prepared, name, NULL);
 }
 
-void orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len)
+bool orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len,
+                        const char **session)
 {
     if (!orm_client_get(c))
-        return;
+        return false;
     switch (type) {
     case 'Q':
-        client_query(c, s, cur, len);
-        break;
+        return client_query(c, s, cur, len, session);
     case 'P':
         client_parse(c, cur, len);
         break;
@@ -646,6 +660,7 @@ void orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, ui
     default:
         break;
     }
+    return false;
 }
 
 /* ---- relay ------------------------------------------------------------------------------- */

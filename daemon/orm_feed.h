@@ -193,8 +193,13 @@ uint64_t orm_wall_us(const Worker *w, double mono);
  * set up again over the message.
  */
 bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *cur, size_t *fwd);
-/* After client_note_message queued the message's item (if any). */
-void orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len);
+/*
+ * After client_note_message queued the message's item (if any). True when
+ * the message is a simple Query whose shape tells the session state it
+ * leaves: *session is that (orm/session.h), NULL for none.
+ */
+bool orm_client_message(Client *c, Server *s, char type, const IoCursor *cur, uint32_t len,
+                        const char **session);
 /* A Bind naming a statement the proxy maps (transaction mode); body is the whole message body. */
 void orm_client_bind(Client *c, PreparedStmt *ps, const uint8_t *body, uint32_t len);
 void orm_client_free(Client *c);

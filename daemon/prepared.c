@@ -1,6 +1,6 @@
 /* Bookkeeping of prepared statements: registry, client names, server LRUs. */
 #include "daemon/prepared.h"
-#include "daemon/session.h"
+#include "orm/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>

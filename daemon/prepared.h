@@ -26,7 +26,7 @@ typedef struct PreparedStmt {
     size_t body_len;
     int refs;                  /* client names + server entries + queued items */
     struct OrmShapeCache *orm; /* the ORM layer's shape of the text, from its first Bind; or NULL */
-    const char *session;       /* session state its text leaves (daemon/session.h), or NULL */
+    const char *session;       /* session state its text leaves (orm/session.h), or NULL */
 } PreparedStmt;
 
 /* daemon/orm_feed.c: frees PreparedStmt.orm. */

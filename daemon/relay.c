@@ -531,7 +531,7 @@ void server_reset(Server *s, bool discard_all)
     s->dirty = false;
     if (s->discard_on_release && s->pool->mode == POOL_TRANSACTION) {
         /* A transaction-mode client left a temp table, a SET of an
-         * unreported parameter, a LISTEN, ... (daemon/session.c): nobody
+         * unreported parameter, a LISTEN, ... (orm/session.c): nobody
          * else may see it. The backend returns to its defaults: reported
          * parameters announce themselves again, the other values the proxy
          * had set there are forgotten. */

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "orm/session.h"
+
 #define ARENA_MAX   8192 /* names copied out of one parse tree */
 #define MAX_DEPTH   300  /* deeper trees are "too complex": volatile, no verdicts */
 #define MAX_SCOPE   16   /* items of the top-level FROM that can qualify a column */
@@ -773,6 +775,11 @@ ShapeInfo *shape_analyze(const char *sql, size_t len, uint64_t hash)
         c->t.flags |= SHAPE_F_READ_ONLY;
     verdict_batch(c);
     verdict_cache(c);
+    if (c->t.kind >= SHAPE_KIND_SELECT && c->t.kind <= SHAPE_KIND_DELETE &&
+        !(c->t.flags & SHAPE_F_MULTI_STMT)) {
+        c->t.session_known = true;
+        c->t.session = session_state_sql(sql, len);
+    }
 out_build:
     info = finish(c, sql, len);
     if (tree)

@@ -123,6 +123,13 @@ typedef struct ShapeInfo {
     int nout;
     const char **out_cols;
 
+    /* The session state its statement leaves (orm/session.h), read from
+     * the shape's words: for SELECT, INSERT, UPDATE and DELETE, whose
+     * literals cannot run anything; for other kinds (DO's body is a
+     * literal) session_known is false and the text itself is to be read. */
+    bool session_known;
+    const char *session;
+
     bool batchable;
     bool cacheable;                      /* "candidate": the primary-key check is still to come */
     char batch_reason[SHAPE_REASON_MAX]; /* why not, "" when batchable */

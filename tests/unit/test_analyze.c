@@ -268,6 +268,42 @@ static void test_unknown_keeps_text(void **state)
     shape_info_unref(info);
 }
 
+/*
+ * The session state a shape tells (orm/session.h): read from the shape's
+ * words for SELECT/INSERT/UPDATE/DELETE; for other kinds the proxy reads the
+ * statement itself, as a DO block's body is a literal of the shape.
+ */
+static void test_session_state(void **state)
+{
+    static const struct {
+        const char *sql;
+        bool known;
+        const char *what; /* NULL: none */
+    } cases[] = {
+        {"SELECT abalance FROM pgbench_accounts WHERE aid = 5;", true, NULL},
+        {"select set_config('search_path', 'x', false)", true, "set_config()"},
+        {"SELECT pg_advisory_lock(42)", true, "a session advisory lock"},
+        {"SELECT * INTO TEMP t2 FROM t WHERE id = 1", true, "a temporary table (SELECT INTO)"},
+        {"SELECT 'into temp', 'set_config(' FROM t", true, NULL}, /* only literals say so */
+        {"UPDATE t SET v = 'pg_advisory_lock(1)' WHERE id = 2", true, NULL},
+        {"WITH x AS (SELECT set_config('a.b', '1', false)) SELECT * FROM x", true, "set_config()"},
+        {"SET search_path = app, public", false, NULL},
+        {"DO $$ BEGIN PERFORM set_config('search_path', 'x', false); END $$", false, NULL},
+        {"CREATE TEMP TABLE t (a int)", false, NULL},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ShapeInfo *info = analyze(cases[i].sql);
+        if (info->session_known != cases[i].known)
+            fail_msg("[%s]: session_known %d", cases[i].sql, info->session_known);
+        if (cases[i].what)
+            assert_string_equal(info->session ? info->session : "(none)", cases[i].what);
+        else if (info->session)
+            fail_msg("[%s]: session state \"%s\"", cases[i].sql, info->session);
+        shape_info_unref(info);
+    }
+}
+
 static void test_deep_nesting(void **state)
 {
     static char sql[8192];
@@ -360,7 +396,7 @@ int main(void)
         cmocka_unit_test(test_page_params),        cmocka_unit_test(test_update_delete_keys),
         cmocka_unit_test(test_typed_literal_keys), cmocka_unit_test(test_unknown_keeps_text),
         cmocka_unit_test(test_deep_nesting),       cmocka_unit_test(test_table_hits_and_misses),
-        cmocka_unit_test(test_table_eviction),
+        cmocka_unit_test(test_table_eviction),     cmocka_unit_test(test_session_state),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

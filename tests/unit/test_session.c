@@ -1,5 +1,5 @@
 /*
- * Unit tests of daemon/session.c: which statements leave session state that
+ * Unit tests of orm/session.c: which statements leave session state that
  * transaction pooling would hand to the next client of a backend.
  */
 #include <setjmp.h>
@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/session.h"
+#include "orm/session.h"
 
 static const char *effect(const char *sql)
 {

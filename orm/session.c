@@ -10,7 +10,7 @@
  * only costs a DISCARD ALL), and the backend is reset with DISCARD ALL
  * before it serves anyone else (pool_release).
  */
-#include "daemon/session.h"
+#include "orm/session.h"
 
 #include <stdbool.h>
 #include <string.h>

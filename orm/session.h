@@ -2,8 +2,8 @@
  * Session state a transaction-mode client would leave behind for the next
  * client of its backend (see session.c).
  */
-#ifndef PGC_DAEMON_SESSION_H
-#define PGC_DAEMON_SESSION_H
+#ifndef PGC_ORM_SESSION_H
+#define PGC_ORM_SESSION_H
 
 #include <stddef.h>
 
