@@ -775,7 +775,7 @@ ShapeInfo *shape_analyze(const char *sql, size_t len, uint64_t hash)
         c->t.flags |= SHAPE_F_READ_ONLY;
     verdict_batch(c);
     verdict_cache(c);
-    if (c->t.kind >= SHAPE_KIND_SELECT && c->t.kind <= SHAPE_KIND_DELETE &&
+    if (c->t.kind >= SHAPE_KIND_SELECT && c->t.kind <= SHAPE_KIND_UTILITY &&
         !(c->t.flags & SHAPE_F_MULTI_STMT)) {
         c->t.session_known = true;
         c->t.session = session_state_sql(sql, len);

@@ -124,9 +124,10 @@ typedef struct ShapeInfo {
     const char **out_cols;
 
     /* The session state its statement leaves (orm/session.h), read from
-     * the shape's words: for SELECT, INSERT, UPDATE and DELETE, whose
-     * literals cannot run anything; for other kinds (DO's body is a
-     * literal) session_known is false and the text itself is to be read. */
+     * the shape's words: for SELECT, INSERT, UPDATE, DELETE and the
+     * utility statements (BEGIN, SET, LISTEN, ...), whose literals cannot
+     * run anything; for other kinds (a DO block's body is a literal)
+     * session_known is false and the text itself is to be read. */
     bool session_known;
     const char *session;
 

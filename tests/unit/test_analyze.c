@@ -270,7 +270,7 @@ static void test_unknown_keeps_text(void **state)
 
 /*
  * The session state a shape tells (orm/session.h): read from the shape's
- * words for SELECT/INSERT/UPDATE/DELETE; for other kinds the proxy reads the
+ * words for SELECT/INSERT/UPDATE/DELETE and utilities; for other kinds the proxy reads the
  * statement itself, as a DO block's body is a literal of the shape.
  */
 static void test_session_state(void **state)
@@ -287,7 +287,11 @@ static void test_session_state(void **state)
         {"SELECT 'into temp', 'set_config(' FROM t", true, NULL}, /* only literals say so */
         {"UPDATE t SET v = 'pg_advisory_lock(1)' WHERE id = 2", true, NULL},
         {"WITH x AS (SELECT set_config('a.b', '1', false)) SELECT * FROM x", true, "set_config()"},
-        {"SET search_path = app, public", false, NULL},
+        {"SET search_path = app, public", true, "SET of a parameter the server does not report"},
+        {"SET LOCAL search_path = app", true, NULL},
+        {"SET TIME ZONE 'UTC'", true, NULL},
+        {"LISTEN jobs", true, "LISTEN"},
+        {"BEGIN ISOLATION LEVEL REPEATABLE READ", true, NULL},
         {"DO $$ BEGIN PERFORM set_config('search_path', 'x', false); END $$", false, NULL},
         {"CREATE TEMP TABLE t (a int)", false, NULL},
     };
