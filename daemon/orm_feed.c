@@ -317,7 +317,7 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
         o->head = 0;
     }
     e->seq = o->next_seq++;
-    e->sent = now_sec();
+    e->sent = worker_now(c->w);
     o->ring[(o->head + o->len) % o->cap] = *e;
     o->len++;
     it->n1 = ORM_RQ_TRACK;
@@ -736,7 +736,7 @@ void orm_stmt_local(Client *c, const OrmStmt *e, uint64_t rows, double started)
     ClientOrm *o = c->orm;
     OrmWorker *ow = c->w->orm;
     const N1Pattern *pat = NULL;
-    double now = now_sec();
+    double now = worker_now(c->w);
     uint64_t us = now > started ? (uint64_t)((now - started) * 1e6) : 0;
     N1Event ev;
 
@@ -761,7 +761,7 @@ static void stmt_done(Client *c, RqItem *it, uint64_t rows)
 {
     ClientOrm *o = c->orm;
     OrmWorker *ow = c->w->orm;
-    double now = now_sec();
+    double now = worker_now(c->w);
     uint64_t us = now > o->cur_start ? (uint64_t)((now - o->cur_start) * 1e6) : 0;
 
     it->n1 = (uint8_t)((it->n1 & ~ORM_RQ_WANT) | ORM_RQ_DONE);

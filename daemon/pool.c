@@ -106,7 +106,7 @@ void pool_grow(Pool *p)
 
 static void pool_link(Server *s, Client *c)
 {
-    double wait = now_sec() - c->wait_since;
+    double wait = worker_now(s->w) - c->wait_since;
     uint64_t usec = wait > 0 ? (uint64_t)(wait * 1e6) : 0;
 
     s->pool->stats.wait_usec += usec;
@@ -171,7 +171,7 @@ static void pool_dispatch(Pool *p)
 
 void pool_checkout(Pool *p, Client *c)
 {
-    c->wait_since = now_sec();
+    c->wait_since = worker_now(p->w);
     client_set_state(c, CL_WAITING);
     pool_dispatch(p);
 }
@@ -184,7 +184,7 @@ static bool server_recycle_due(const Server *s, double now)
 void pool_server_ready(Server *s)
 {
     Pool *p = s->pool;
-    double now = now_sec();
+    double now = worker_now(s->w);
 
     s->idle_since = now;
     p->connect_backoff = 0; /* the upstream works */

@@ -31,7 +31,7 @@ void stats_observe(uint64_t *hist, uint64_t usec)
 void stats_query_begin(Server *s)
 {
     if (s->query_start == 0)
-        s->query_start = now_sec();
+        s->query_start = worker_now(s->w);
 }
 
 void stats_query_end(Server *s)
@@ -41,7 +41,7 @@ void stats_query_end(Server *s)
 
     if (s->query_start == 0)
         return;
-    d = now_sec() - s->query_start;
+    d = worker_now(s->w) - s->query_start;
     usec = d > 0 ? (uint64_t)(d * 1e6) : 0;
     s->query_start = 0;
     s->pool->stats.query_usec += usec;

@@ -261,7 +261,16 @@ bool worker_listen(Worker *w)
 
 void worker_run(Worker *w)
 {
-    event_base_dispatch(w->base);
+    /* event_base_dispatch, one turn at a time so that each turn starts
+     * with a fresh worker_now() */
+    for (;;) {
+        w->turn_now_set = false;
+        if (event_base_loop(w->base, EVLOOP_ONCE) != 0)
+            break; /* no events left, or an error */
+        if (event_base_got_exit(w->base) || event_base_got_break(w->base))
+            break;
+    }
+    w->turn_now_set = false;
 }
 
 void worker_free(Worker *w)

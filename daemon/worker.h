@@ -250,9 +250,27 @@ struct Worker {
     struct Ops *ops;           /* admin port, signals, reload, shutdown: daemon/ops.h */
     struct OrmWorker *orm;     /* shapes, N+1 patterns, statement statistics: daemon/orm_feed.h */
     struct CacheWorker *cache; /* identity-map cache: daemon/cache.h; NULL when off */
+    double turn_now;           /* now_sec() of this turn of the event loop, when turn_now_set */
+    bool turn_now_set;
 };
 
 double now_sec(void);
+
+/*
+ * now_sec() as of the event loop's current turn: read once per turn (one
+ * epoll_wait and the callbacks it wakes), for the timings taken several
+ * times per statement (query and wait times, idle_since, N+1 statement
+ * times), which need no finer grain than a turn and cost a clock read each.
+ * Deadlines and timeouts read now_sec() itself.
+ */
+static inline double worker_now(Worker *w)
+{
+    if (!w->turn_now_set) {
+        w->turn_now = now_sec();
+        w->turn_now_set = true;
+    }
+    return w->turn_now;
+}
 
 /* worker.c */
 bool worker_init(Worker *w, const Config *cfg) __attribute__((warn_unused_result));
