@@ -30,8 +30,13 @@ import time
 PG_BIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 BENCH_USER = "bench"
 BENCH_DB = "bench"
-ALL_TARGETS = ("direct", "pgbouncer", "pgcoalesce")
-PROXIES = ("pgbouncer", "pgcoalesce")
+ALL_TARGETS = ("direct", "pgbouncer", "pgcoalesce", "pgcoalesce-off")
+DEFAULT_TARGETS = ("direct", "pgbouncer", "pgcoalesce")
+PROXIES = ("pgbouncer", "pgcoalesce", "pgcoalesce-off")
+# pgcoalesce targets: name -> settings added to its [pgcoalesce] section.
+# "pgcoalesce" runs the defaults (n1_mode = batch); "pgcoalesce-off" the
+# pooler alone, without statement shapes and N+1 detection.
+PGCOALESCE_TARGETS = {"pgcoalesce": "", "pgcoalesce-off": "n1_mode = off\n"}
 WORKLOADS = {
     # name -> (pgbench flags, label in the table)
     "select": (["-S"], "select-only (-S)"),
@@ -398,13 +403,14 @@ class Bench:
         out = subprocess.run([a.pgbouncer, "--version"], capture_output=True, text=True)
         self.pgbouncer_version = (out.stdout.splitlines() or ["?"])[0]
 
-    def start_pgcoalesce(self):
+    def start_pgcoalesce(self, name="pgcoalesce"):
         a = self.args
         port = free_port()
-        self.ports["pgcoalesce"] = port
+        self.ports[name] = port
         ini = self.write_file(
-            "pgcoalesce.ini",
+            f"{name}.ini",
             "[pgcoalesce]\n"
+            + PGCOALESCE_TARGETS[name] +
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {port}\n"
             "pool_mode = transaction\n"
@@ -420,9 +426,9 @@ class Bench:
         )
         user = a.pgcoalesce_user
         as_pg = user == "postgres"
-        log(f"starting pgcoalesce {a.pgcoalesce} on 127.0.0.1:{port}"
+        log(f"starting {name} ({a.pgcoalesce}) on 127.0.0.1:{port}"
             + (" as postgres" if as_pg else ""))
-        proc = self.start("pgcoalesce", [a.pgcoalesce, "-c", ini], signal.SIGTERM,
+        proc = self.start(name, [a.pgcoalesce, "-c", ini], signal.SIGTERM,
                           as_postgres=as_pg)
         try:
             self.wait_port(proc, port, 20)
@@ -431,16 +437,16 @@ class Bench:
                     and os.geteuid() == 0:
                 log("pgcoalesce seems to refuse root; retrying as postgres")
                 port = free_port()
-                self.ports["pgcoalesce"] = port
+                self.ports[name] = port
                 with open(ini) as f:
                     text = re.sub(r"listen_port = \d+", f"listen_port = {port}", f.read())
-                self.write_file("pgcoalesce.ini", text)
-                proc = self.start("pgcoalesce", [a.pgcoalesce, "-c", ini],
+                self.write_file(f"{name}.ini", text)
+                proc = self.start(name, [a.pgcoalesce, "-c", ini],
                                   signal.SIGTERM, as_postgres=True)
                 self.wait_port(proc, port, 20)
             else:
                 raise
-        self.procs["pgcoalesce"] = proc
+        self.procs[name] = proc
 
     # ---- running
 
@@ -537,26 +543,28 @@ def summarize(results, targets, workloads, clients):
                 row[f"{t}_err"] = sum(1 for r in rs if r.get("error"))
                 row[f"{t}_retry"] = sum(1 for r in rs if r.get("note"))
             # Ratios are taken within one repetition (adjacent runs), then the median.
-            tps_ratios, cpu_ratios = [], []
-            for rep in sorted({r["rep"] for r in cell}):
-                by = {r["target"]: r for r in cell if r["rep"] == rep}
-                b, g = by.get("pgbouncer"), by.get("pgcoalesce")
-                if b and g and b.get("tps") and g.get("tps"):
-                    tps_ratios.append(g["tps"] / b["tps"])
-                if b and g and b.get("cpu_per_10k") and g.get("cpu_per_10k"):
-                    cpu_ratios.append(g["cpu_per_10k"] / b["cpu_per_10k"])
-            row["tps_ratio"] = median_or_none(tps_ratios)
-            row["cpu_ratio"] = median_or_none(cpu_ratios)
+            for g_name in PGCOALESCE_TARGETS:
+                tps_ratios, cpu_ratios = [], []
+                for rep in sorted({r["rep"] for r in cell}):
+                    by = {r["target"]: r for r in cell if r["rep"] == rep}
+                    b, g = by.get("pgbouncer"), by.get(g_name)
+                    if b and g and b.get("tps") and g.get("tps"):
+                        tps_ratios.append(g["tps"] / b["tps"])
+                    if b and g and b.get("cpu_per_10k") and g.get("cpu_per_10k"):
+                        cpu_ratios.append(g["cpu_per_10k"] / b["cpu_per_10k"])
+                row[f"{g_name}_tps_ratio"] = median_or_none(tps_ratios)
+                row[f"{g_name}_cpu_ratio"] = median_or_none(cpu_ratios)
             rows.append(row)
     return rows
 
 
-def render_table(rows):
-    head = ["workload", "clients",
-            "direct tps", "pgbouncer tps", "pgcoalesce tps", "pgcoalesce/pgbouncer tps",
-            "direct lat ms", "pgbouncer lat ms", "pgcoalesce lat ms",
-            "pgbouncer CPU s/10k tx", "pgcoalesce CPU s/10k tx",
-            "pgcoalesce/pgbouncer CPU"]
+def render_table(rows, targets):
+    gs = [g for g in PGCOALESCE_TARGETS if g in targets] or ["pgcoalesce"]
+    head = (["workload", "clients", "direct tps", "pgbouncer tps"]
+            + [f"{g} tps" for g in gs] + [f"{g}/pgbouncer tps" for g in gs]
+            + ["direct lat ms", "pgbouncer lat ms"] + [f"{g} lat ms" for g in gs]
+            + ["pgbouncer CPU s/10k tx"] + [f"{g} CPU s/10k tx" for g in gs]
+            + [f"{g}/pgbouncer CPU" for g in gs])
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
 
@@ -569,13 +577,15 @@ def render_table(rows):
         return s
 
     for row in rows:
-        cells = [WORKLOADS[row["workload"]][1], str(row["clients"]),
-                 tps(row, "direct"), tps(row, "pgbouncer"), tps(row, "pgcoalesce"),
-                 fmt(row["tps_ratio"], 2),
-                 fmt(row.get("direct_lat"), 2), fmt(row.get("pgbouncer_lat"), 2),
-                 fmt(row.get("pgcoalesce_lat"), 2),
-                 fmt(row.get("pgbouncer_cpu"), 3), fmt(row.get("pgcoalesce_cpu"), 3),
-                 fmt(row["cpu_ratio"], 2)]
+        cells = ([WORKLOADS[row["workload"]][1], str(row["clients"]),
+                  tps(row, "direct"), tps(row, "pgbouncer")]
+                 + [tps(row, g) for g in gs]
+                 + [fmt(row.get(f"{g}_tps_ratio"), 2) for g in gs]
+                 + [fmt(row.get("direct_lat"), 2), fmt(row.get("pgbouncer_lat"), 2)]
+                 + [fmt(row.get(f"{g}_lat"), 2) for g in gs]
+                 + [fmt(row.get("pgbouncer_cpu"), 3)]
+                 + [fmt(row.get(f"{g}_cpu"), 3) for g in gs]
+                 + [fmt(row.get(f"{g}_cpu_ratio"), 2) for g in gs])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -601,8 +611,10 @@ def render_raw(results):
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="pgbench side by side: direct PostgreSQL, PgBouncer, pgcoalesce.")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help="comma-separated subset of direct,pgbouncer,pgcoalesce (default all)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated subset of direct,pgbouncer,pgcoalesce,pgcoalesce-off "
+                        "(default direct,pgbouncer,pgcoalesce; pgcoalesce-off is the same "
+                        "binary with n1_mode = off)")
     p.add_argument("--workloads", default="select,tpcb",
                    help="comma-separated subset of select (-S), tpcb (default script)")
     p.add_argument("--clients", default="8,64,256", help="client counts (default 8,64,256)")
@@ -652,7 +664,7 @@ def parse_args(argv):
         a.warmup = 1 if a.quick else 3
     if a.reps < 1:
         p.error("--reps must be >= 1")
-    if "pgcoalesce" in a.targets and not os.access(a.pgcoalesce, os.X_OK):
+    if any(t in PGCOALESCE_TARGETS for t in a.targets) and not os.access(a.pgcoalesce, os.X_OK):
         p.error(f"pgcoalesce binary not found or not executable: {a.pgcoalesce} "
                 "(build it, pass --pgcoalesce PATH, or leave it out of --targets)")
     if "pgbouncer" in a.targets and not os.access(a.pgbouncer, os.X_OK):
@@ -683,8 +695,9 @@ def main(argv):
         b.start_postgres()
         if "pgbouncer" in a.targets:
             b.start_pgbouncer()
-        if "pgcoalesce" in a.targets:
-            b.start_pgcoalesce()
+        for name in PGCOALESCE_TARGETS:
+            if name in a.targets:
+                b.start_pgcoalesce(name)
 
         if a.warmup > 0:
             for t in a.targets:
@@ -778,7 +791,9 @@ def main(argv):
            "(not durable: fine for comparing proxies, not a database benchmark)"
            if a.unsafe_fast else "fsync and synchronous_commit on"),
         f"- {getattr(b, 'pgbouncer_version', 'PgBouncer not run')}; "
-        f"pgcoalesce: {a.pgcoalesce if 'pgcoalesce' in a.targets else 'not run'}",
+        f"pgcoalesce: {a.pgcoalesce if any(t in PGCOALESCE_TARGETS for t in a.targets) else 'not run'}"
+        + (" (pgcoalesce: default settings, n1_mode = batch; pgcoalesce-off: n1_mode = off)"
+           if "pgcoalesce-off" in a.targets else ""),
         f"- machine: {cores} cores, {platform.system()} {platform.release()}; "
         "pgbench, the proxy and PostgreSQL share these cores: compare ratios, "
         "not absolute numbers",
@@ -796,7 +811,7 @@ def main(argv):
     errs = [r for r in results if r.get("error")]
     if errs:
         header.append(f"- {len(errs)} run(s) had errors; see the raw table")
-    report = "\n".join(header) + "\n\n" + render_table(rows) + "\n\n## Raw runs\n\n" \
+    report = "\n".join(header) + "\n\n" + render_table(rows, a.targets) + "\n\n## Raw runs\n\n" \
         + render_raw(results) + "\n"
     print(report)
     if a.out:
