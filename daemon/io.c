@@ -24,12 +24,15 @@ static void io_on_readable(evutil_socket_t fd, short what, void *arg);
  * header, rounded up to a power of two: 32 KiB), and draining the buffer
  * frees it again: twice per proxied round trip, each time through malloc's
  * slow path for a block that size (malloc's own per-thread cache stops at
- * about 1 KiB). Freed blocks of 4 to 64 KiB are kept, a few per power of
- * two and thread, by their usable size; anything else is malloc's.
+ * about 1 KiB). Freed blocks of 4 to 64 KiB are kept per power of two and
+ * thread, by their usable size; anything else is malloc's. Many are kept:
+ * every client waiting for a server holds a chain with its first message,
+ * and under a pool too small for its clients (256 pgbench clients on 20
+ * connections) hundreds are taken and given back each second.
  */
 #define IO_MM_MIN_SHIFT 12
 #define IO_MM_MAX_SHIFT 16
-#define IO_MM_KEEP      4 /* blocks kept per size */
+#define IO_MM_KEEP      256 /* blocks kept per size: at most 8 MiB of 32 KiB chains */
 
 static __thread struct {
     void *blk[IO_MM_KEEP];
