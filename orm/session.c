@@ -69,36 +69,77 @@ static size_t next_word(const char *s, size_t n, size_t *p, char *w, size_t cap)
     return k;
 }
 
+/* Does pat (lower case, m bytes) occur at s[i..) of s[0..n), ASCII letters folded? */
+static bool word_at(const char *s, size_t n, size_t i, const char *pat, size_t m)
+{
+    if (i > n || n - i < m)
+        return false;
+    for (size_t k = 0; k < m; k++) {
+        unsigned char ch = (unsigned char)s[i + k];
+        if ((unsigned)(ch - 'A') < 26u)
+            ch += 'a' - 'A';
+        if (ch != (unsigned char)pat[k])
+            return false;
+    }
+    return true;
+}
+
 /*
- * Case-insensitive search of pat (lower case, starting with a letter) in
- * s[0..n). Runs for every simple Query: memchr finds the places where the
- * first letter occurs, in either case, and only those are compared.
+ * Case-insensitive search of pat (lower case) in s[0..n). Runs for most
+ * statements: memchr finds the places where pat's byte at anchor (chosen
+ * rare in SQL) occurs, in either case, and only those are compared.
  */
-static bool has_word(const char *s, size_t n, const char *pat)
+static bool has_word(const char *s, size_t n, const char *pat, size_t anchor)
 {
     size_t m = strlen(pat);
-    const char *last, *lo, *up;
+    char lo = pat[anchor];
+    char up = lo >= 'a' && lo <= 'z' ? (char)(lo - ('a' - 'A')) : lo;
 
     if (m > n)
         return false;
-    last = s + (n - m); /* the last place a match can start */
-    lo = memchr(s, pat[0], n - m + 1);
-    up = memchr(s, pat[0] - ('a' - 'A'), n - m + 1);
-    while (lo || up) {
-        const char *at = !up || (lo && lo < up) ? lo : up;
-        size_t k = 1;
-        /* strncasecmp of the C locale, inline: ASCII letters fold */
-        while (k < m &&
-               ((unsigned)((unsigned char)at[k] - 'A') < 26u ? at[k] + 32 : at[k]) == pat[k])
-            k++;
-        if (k == m)
-            return true;
-        if (at == lo)
-            lo = memchr(lo + 1, pat[0], (size_t)(last - lo));
-        else
-            up = memchr(up + 1, pat[0] - ('a' - 'A'), (size_t)(last - up));
+    /* the anchor of a match lies in s[anchor .. n - m + anchor] */
+    for (int pass = 0; pass < (lo == up ? 1 : 2); pass++) {
+        char c = pass ? up : lo;
+        const char *p = s + anchor, *end = s + (n - m) + anchor + 1;
+        while (p < end && (p = memchr(p, c, (size_t)(end - p))) != NULL) {
+            if (word_at(s, n, (size_t)(p - s) - anchor, pat, m))
+                return true;
+            p++;
+        }
     }
     return false;
+}
+
+/*
+ * Functions that change the session: advisory locks outside a
+ * transaction's scope, set_config(..., false). Every name has an
+ * underscore, which SQL has few of: one pass over them finds all three.
+ */
+static const char *session_function(const char *s, size_t n)
+{
+    static const struct {
+        const char *name;
+        size_t len, underscore; /* the name's first '_' */
+        const char *what;
+    } fns[] = {
+        {"pg_advisory_lock", 16, 2, "a session advisory lock"},
+        {"pg_try_advisory_lock", 20, 2, "a session advisory lock"},
+        {"set_config", 10, 3, "set_config()"},
+    };
+    const char *found = NULL, *p = s, *end = s + n;
+
+    while (p < end && (p = memchr(p, '_', (size_t)(end - p))) != NULL) {
+        size_t at = (size_t)(p - s);
+        for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+            if (at >= fns[i].underscore &&
+                word_at(s, n, at - fns[i].underscore, fns[i].name, fns[i].len)) {
+                if (i < 2)
+                    return fns[i].what; /* a lock first, as it outlives a DISCARD ALL */
+                found = fns[i].what;
+            }
+        p++;
+    }
+    return found;
 }
 
 /* Only blanks (as the lexer counts them) in s[0..n)? */
@@ -140,16 +181,22 @@ static const char *set_effect(const char *s, size_t n, size_t p)
 }
 
 /* One statement's effect, or NULL. */
+/* Is the k-byte word w the literal lit? (A length test first: no call for most words.) */
+static inline bool word_is(const char *w, size_t k, const char *lit, size_t len)
+{
+    return k == len && memcmp(w, lit, len) == 0;
+}
+
 static const char *statement_effect(const char *s, size_t n)
 {
     char w[64];
-    size_t p = 0;
+    size_t p = 0, k = next_word(s, n, &p, w, sizeof(w));
 
-    if (!next_word(s, n, &p, w, sizeof(w)))
+    if (k == 0)
         return NULL;
     /* the most common first, and no string compares for the other words */
-    if (strcmp(w, "select") == 0 || strcmp(w, "with") == 0 || strcmp(w, "table") == 0)
-        return has_word(s, n, "into temp") ? "a temporary table (SELECT INTO)" : NULL;
+    if (word_is(w, k, "select", 6) || word_is(w, k, "with", 4) || word_is(w, k, "table", 5))
+        return has_word(s, n, "into temp", 7) ? "a temporary table (SELECT INTO)" : NULL;
     if (w[0] != 's' && w[0] != 'l' && w[0] != 'p' && w[0] != 'd' && w[0] != 'c')
         return NULL;
     if (strcmp(w, "set") == 0)
@@ -164,7 +211,7 @@ static const char *statement_effect(const char *s, size_t n)
         return "SQL PREPARE";
     }
     if (strcmp(w, "declare") == 0)
-        return has_word(s, n, "with hold") ? "a WITH HOLD cursor" : NULL;
+        return has_word(s, n, "with hold", 5) ? "a WITH HOLD cursor" : NULL;
     if (strcmp(w, "create") == 0) {
         while (next_word(s, n, &p, w, sizeof(w))) {
             if (strcmp(w, "temp") == 0 || strcmp(w, "temporary") == 0)
@@ -184,13 +231,10 @@ const char *session_state_sql(const char *sql, size_t n)
     const char *semi;
     int k;
 
-    /* functions that change the session: advisory locks outside a transaction's
-     * scope, set_config(..., false) */
     if (memchr(sql, '(', n)) {
-        if (has_word(sql, n, "pg_advisory_lock") || has_word(sql, n, "pg_try_advisory_lock"))
-            return "a session advisory lock";
-        if (has_word(sql, n, "set_config"))
-            return "set_config()";
+        const char *fn = session_function(sql, n);
+        if (fn)
+            return fn;
     }
     semi = memchr(sql, ';', n);
     /* One statement, or one and its terminator ("...;", as pgbench sends
