@@ -9,6 +9,12 @@
 #include <string.h>
 #include <strings.h>
 
+/*
+ * For the helpers of the per-word path, which run for most bytes of a
+ * statement: GCC's size limits would otherwise keep some out of line.
+ */
+#define HOT_INLINE inline __attribute__((always_inline))
+
 /* Character classes of the token dispatch. */
 enum {
     C_OTHER = 0,
@@ -154,6 +160,15 @@ enum {
 
 #define NOT_FOUND ((size_t)-1)
 
+/*
+ * Statements up to this long cannot outgrow text[], so their tokens skip
+ * the room checks. No input byte yields more than 6 bytes of output (a
+ * 1-byte literal becomes " $1024", IN (1) becomes "in ($1" SHAPE_LIST_MARK ")"),
+ * and no token asks for more room than the rest of the input plus 31
+ * bytes: 7 * 4096 + 31 < SHAPE_TEXT_CAP, so none of the checks could fail.
+ */
+#define ROOMY_SQL 4096
+
 /* Lexer state for one shape_normalize call. */
 typedef struct Lex {
     const char *s;
@@ -167,7 +182,7 @@ typedef struct Lex {
     bool space;    /* whitespace or a comment since the last token */
     bool operand;  /* the last token ends an operand: a minus after it is binary */
     bool semi;     /* a ";" waits for the next token to be written */
-    bool any;      /* a token was written */
+    bool roomy;    /* len <= ROOMY_SQL: out cannot overflow */
     ShapeStatus st;
 } Lex;
 
@@ -189,6 +204,86 @@ static inline bool is_word_char(unsigned char c)
 static inline char lower(unsigned char c)
 {
     return (char)((unsigned)(c - 'A') < 26u ? c + 32 : c);
+}
+
+/*
+ * Words are most of the bytes of a statement: with SSE2 (every x86-64),
+ * copy_word takes 16 of them a step. Elsewhere it goes byte by byte.
+ */
+#ifdef __SSE2__
+#include <emmintrin.h>
+#define WIDE_WORDS 1
+
+/* How many of the 16 bytes at p start a run of word bytes; all 16 are
+ * stored at o, in lower case (bytes >= 0x80 as they are). */
+static HOT_INLINE size_t word_run16(const unsigned char *p, char *o)
+{
+    const __m128i k20 = _mm_set1_epi8(0x20);
+    __m128i v = _mm_loadu_si128((const __m128i *)p), lc = _mm_or_si128(v, k20);
+    /* x in [lo, lo + n) is one signed compare: x + (0x80 - lo) < -128 + n */
+    __m128i letter =
+        _mm_cmplt_epi8(_mm_add_epi8(lc, _mm_set1_epi8(0x80 - 'a')), _mm_set1_epi8(-128 + 26));
+    __m128i digit =
+        _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x80 - '0')), _mm_set1_epi8(-128 + 10));
+    __m128i other =
+        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('_')), _mm_cmpeq_epi8(v, _mm_set1_epi8('$')));
+    __m128i high = _mm_cmplt_epi8(v, _mm_setzero_si128()); /* bytes >= 0x80 */
+    __m128i word = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(other, high));
+    unsigned mask = (unsigned)_mm_movemask_epi8(word);
+
+    /* letters get the 0x20 bit: A-Z become a-z, the rest stay */
+    _mm_storeu_si128((__m128i *)o, _mm_or_si128(v, _mm_and_si128(letter, k20)));
+    return (size_t)__builtin_ctz(~mask); /* bit 16 of ~mask is set: at most 16 */
+}
+#else
+#define WIDE_WORDS 0
+#endif
+
+/*
+ * Copy the word at p (*p a word byte, p < lim) to o in lower case, bytes
+ * >= 0x80 as they are; returns its length. With wide, o has room for as
+ * many bytes as there are from p to lim: vector steps store 16 bytes at
+ * once (the ones past the word are overwritten later or never read).
+ */
+static HOT_INLINE size_t copy_word(const unsigned char *p, const unsigned char *lim, char *o,
+                                   bool wide)
+{
+    const unsigned char *p0 = p;
+    unsigned char m = 0;
+
+#if WIDE_WORDS
+    if (wide && lim - p >= 16) {
+        /* most words end in the first step: it stays out of the loop, which
+         * would first load the vector constants into registers */
+        size_t n = word_run16(p, o);
+        if (n < 16)
+            return n;
+        p += 16;
+        o += 16;
+        while (lim - p >= 16) {
+            n = word_run16(p, o);
+            p += n;
+            o += n;
+            if (n < 16)
+                return (size_t)(p - p0);
+        }
+    }
+#else
+    (void)wide;
+#endif
+    if (p == p0)
+        *o++ = lower(*p++);
+    for (;;) {
+        /* ASCII word bytes map to 0x24 and above, bytes >= 0x80 to 1 */
+        while (p < lim && (m = wtab[*p]) > 1) {
+            *o++ = (char)m;
+            p++;
+        }
+        if (p == lim || m == 0)
+            break;
+        *o++ = (char)*p++;
+    }
+    return (size_t)(p - p0);
 }
 
 /* ---- scanners: pure functions returning the index after a token ---- */
@@ -351,67 +446,71 @@ static bool word_is(const char *s, size_t len, size_t i, const char *w)
     return i + n == len || !is_word_char(s[i + n]);
 }
 
-/* Keyword class of a lower-case word. */
-static int keyword(const char *w, size_t n)
+/*
+ * Keyword class of a lower-case word. One switch on the length and the
+ * first letter leaves one or two words to compare: most words are no
+ * keyword, and they are out after that switch.
+ */
+static HOT_INLINE int keyword(const char *w, size_t n)
 {
-#define IS(lit) (memcmp(w, lit, n) == 0)
-    switch (n) {
-    case 2:
-        if (IS("in"))
-            return KW_IN;
-        if (IS("is"))
-            return KW_IS;
-        if (IS("or") || IS("on") || IS("by"))
-            return KW_EXPR;
-        break;
-    case 3:
-        if (IS("not"))
-            return KW_NOT;
-        if (IS("and"))
-            return KW_EXPR;
-        break;
-    case 4:
-        if (IS("null"))
-            return KW_NULL;
-        if (IS("true"))
-            return KW_TRUE;
-        if (IS("date") || IS("time"))
-            return KW_TYPE;
-        if (IS("when") || IS("then") || IS("else") || IS("like"))
-            return KW_EXPR;
-        break;
-    case 5:
-        if (IS("false"))
-            return KW_FALSE;
-        if (IS("array"))
-            return KW_ARRAY;
-        if (IS("where") || IS("limit") || IS("ilike"))
-            return KW_EXPR;
-        break;
-    case 6:
-        if (IS("select") || IS("offset") || IS("values") || IS("return") || IS("having"))
-            return KW_EXPR;
-        break;
-    case 7:
-        if (IS("between"))
-            return KW_EXPR;
-        break;
-    case 8:
-        if (IS("interval"))
-            return KW_TYPE;
-        if (IS("distinct"))
-            return KW_EXPR;
-        break;
-    case 9:
-        if (IS("timestamp"))
-            return KW_TYPE;
-        break;
-    case 11:
-        if (IS("timestamptz"))
-            return KW_TYPE;
-        break;
+#define IS(lit)    (memcmp(w, lit, sizeof(lit) - 1) == 0) /* n, as the case says */
+#define KEY(n, c0) ((n) << 8 | (c0))
+    switch (KEY(n, (unsigned char)w[0])) {
+    case KEY(2, 'i'):
+        return IS("in") ? KW_IN : IS("is") ? KW_IS : KW_NONE;
+    case KEY(2, 'o'):
+        return IS("or") || IS("on") ? KW_EXPR : KW_NONE;
+    case KEY(2, 'b'):
+        return IS("by") ? KW_EXPR : KW_NONE;
+    case KEY(3, 'n'):
+        return IS("not") ? KW_NOT : KW_NONE;
+    case KEY(3, 'a'):
+        return IS("and") ? KW_EXPR : KW_NONE;
+    case KEY(4, 'n'):
+        return IS("null") ? KW_NULL : KW_NONE;
+    case KEY(4, 't'):
+        return IS("true") ? KW_TRUE : IS("time") ? KW_TYPE : IS("then") ? KW_EXPR : KW_NONE;
+    case KEY(4, 'd'):
+        return IS("date") ? KW_TYPE : KW_NONE;
+    case KEY(4, 'w'):
+        return IS("when") ? KW_EXPR : KW_NONE;
+    case KEY(4, 'e'):
+        return IS("else") ? KW_EXPR : KW_NONE;
+    case KEY(4, 'l'):
+        return IS("like") ? KW_EXPR : KW_NONE;
+    case KEY(5, 'f'):
+        return IS("false") ? KW_FALSE : KW_NONE;
+    case KEY(5, 'a'):
+        return IS("array") ? KW_ARRAY : KW_NONE;
+    case KEY(5, 'w'):
+        return IS("where") ? KW_EXPR : KW_NONE;
+    case KEY(5, 'l'):
+        return IS("limit") ? KW_EXPR : KW_NONE;
+    case KEY(5, 'i'):
+        return IS("ilike") ? KW_EXPR : KW_NONE;
+    case KEY(6, 's'):
+        return IS("select") ? KW_EXPR : KW_NONE;
+    case KEY(6, 'o'):
+        return IS("offset") ? KW_EXPR : KW_NONE;
+    case KEY(6, 'v'):
+        return IS("values") ? KW_EXPR : KW_NONE;
+    case KEY(6, 'r'):
+        return IS("return") ? KW_EXPR : KW_NONE;
+    case KEY(6, 'h'):
+        return IS("having") ? KW_EXPR : KW_NONE;
+    case KEY(7, 'b'):
+        return IS("between") ? KW_EXPR : KW_NONE;
+    case KEY(8, 'i'):
+        return IS("interval") ? KW_TYPE : KW_NONE;
+    case KEY(8, 'd'):
+        return IS("distinct") ? KW_EXPR : KW_NONE;
+    case KEY(9, 't'):
+        return IS("timestamp") ? KW_TYPE : KW_NONE;
+    case KEY(11, 't'):
+        return IS("timestamptz") ? KW_TYPE : KW_NONE;
     }
     return KW_NONE;
+#undef KEY
 #undef IS
 }
 
@@ -420,11 +519,17 @@ static int keyword(const char *w, size_t n)
 /* Room for n more bytes and the NUL; sets SHAPE_TOO_LONG when there is none. */
 static inline bool out_room(Lex *L, size_t n)
 {
-    if (L->o + n + 1 > SHAPE_TEXT_CAP) {
+    if (!L->roomy && L->o + n + 1 > SHAPE_TEXT_CAP) {
         L->st = SHAPE_TOO_LONG;
         return false;
     }
     return true;
+}
+
+/* Is the space between a token ending in prev and one starting with first kept? */
+static inline bool keeps_space(char prev, unsigned char first)
+{
+    return prev != '(' && prev != '[' && first != ')' && first != ']' && first != ',';
 }
 
 /*
@@ -442,23 +547,55 @@ static inline bool tok_begin(Lex *L, unsigned char first, size_t n)
         L->space = true;
     }
     if (L->space && L->o > 0) {
-        char prev = L->out[L->o - 1];
-        if (prev != '(' && prev != '[' && first != ')' && first != ']' && first != ',')
+        if (keeps_space(L->out[L->o - 1], first))
             L->out[L->o++] = ' ';
     } else if (first == '$' && L->o > 0 && is_word_char((unsigned char)L->out[L->o - 1])) {
         /* int'5' is int $1, not the identifier int$1 */
         L->out[L->o++] = ' ';
     }
     L->space = false;
-    L->any = true;
     return true;
+}
+
+/*
+ * Copy 2..16 bytes as two fixed-size moves that overlap when n is not a
+ * power of two: tokens copied as written are mostly a byte or two
+ * (". , ( ) =") or a quoted identifier, too short to pay for a memcpy call.
+ */
+static inline void copy_short(char *o, const char *p, size_t n)
+{
+    uint64_t a, b;
+    uint32_t a4, b4;
+
+    if (n >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        memcpy(o, &a, 8);
+        memcpy(o + n - 8, &b, 8);
+    } else if (n >= 4) {
+        memcpy(&a4, p, 4);
+        memcpy(&b4, p + n - 4, 4);
+        memcpy(o, &a4, 4);
+        memcpy(o + n - 4, &b4, 4);
+    } else {
+        o[0] = p[0];
+        o[1] = p[1];
+        o[n - 1] = p[n - 1];
+    }
 }
 
 /* Append raw bytes (room already checked). */
 static inline void out_put(Lex *L, const char *p, size_t n)
 {
-    memcpy(L->out + L->o, p, n);
+    char *o = L->out + L->o;
+
     L->o += n;
+    if (n == 1)
+        *o = *p;
+    else if (n <= 16)
+        copy_short(o, p, n);
+    else
+        memcpy(o, p, n);
 }
 
 /* Append "$k" for placeholder k (1..SHAPE_MAX_PARAMS; room checked). */
@@ -537,7 +674,8 @@ static bool lit_token(Lex *L, size_t off, size_t end, ShapeLitKind kind, uint32_
     put_param(L, first, flags);
     if (tn) {
         out_put(L, "::", 2);
-        out_put(L, type, tn);
+        memcpy(L->out + L->o, type, tn);
+        L->o += tn;
     }
     L->i = end;
     L->operand = true;
@@ -586,21 +724,48 @@ static bool lex_unicode(Lex *L)
     return lex_verbatim(L, end, true);
 }
 
+/* Does the word at i prefix a quoted token: E'', B'', X'', N'', U&'' or U&""? */
+static inline bool quote_prefix(const char *s, size_t len, size_t i)
+{
+    unsigned char c1 = at(s, len, i + 1);
+
+    switch (s[i] | 0x20) { /* only these letters can: the rest need no look-ahead */
+    case 'e':
+    case 'b':
+    case 'x':
+    case 'n':
+        return c1 == '\'';
+    case 'u':
+        return c1 == '&' && (at(s, len, i + 2) == '\'' || at(s, len, i + 2) == '"');
+    }
+    return false;
+}
+
+/* Is a word of keyword class kw, after a token of class prev, a TRUE/FALSE/NULL literal? */
+static inline bool word_is_literal(int kw, int prev)
+{
+    return (kw == KW_NULL || kw == KW_TRUE || kw == KW_FALSE) && prev != KW_IS && prev != KW_NOT;
+}
+
+/* Does a word of keyword class kw end an operand (a minus after it is binary)? */
+static inline bool kw_ends_operand(int kw)
+{
+    return !(kw == KW_EXPR || kw == KW_IN || kw == KW_IS || kw == KW_NOT);
+}
+
 /* A word: identifier, keyword, TRUE/FALSE/NULL literal, or a string prefix. */
 static bool lex_word(Lex *L)
 {
     const char *s = L->s;
     size_t i = L->i, end, n;
-    unsigned char c = s[i] | 0x20, c1 = at(s, L->len, i + 1);
+    unsigned char c = s[i] | 0x20;
+    bool wide;
     int kw;
 
-    if (c1 == '\'') {
-        if (c == 'e')
-            end = scan_quoted(s, L->len, i + 1, true);
-        else if (c == 'b' || c == 'x' || c == 'n')
-            end = scan_quoted(s, L->len, i + 1, false);
-        else
-            goto word;
+    if (quote_prefix(s, L->len, i)) {
+        if (c == 'u')
+            return lex_unicode(L);
+        end = scan_quoted(s, L->len, i + 1, c == 'e');
         if (end == NOT_FOUND) {
             L->st = SHAPE_UNTERMINATED;
             return false;
@@ -611,45 +776,28 @@ static bool lex_word(Lex *L)
                                     : SHAPE_LIT_BITSTRING,
                          0);
     }
-    if (c == 'u' && c1 == '&' && (at(s, L->len, i + 2) == '\'' || at(s, L->len, i + 2) == '"'))
-        return lex_unicode(L);
-word:
     /* Room for the rest of the text is room for the word: then one pass finds
      * its end and copies it in lower case (bytes >= 0x80 as they are). */
     n = L->len - i;
-    if (L->o + n + 3 > SHAPE_TEXT_CAP)
+    wide = L->roomy || L->o + n + 3 <= SHAPE_TEXT_CAP;
+    if (!wide)
         n = scan_word(s, L->len, i) - i;
     if (!tok_begin(L, 'a', n))
         return false;
     L->word_o = L->o;
-    {
-        char *o = L->out + L->o; /* local pointers: stores through L->out would reload L */
-        const unsigned char *p = (const unsigned char *)s + i,
-                            *lim = (const unsigned char *)s + L->len;
-        unsigned char m = 0;
-        *o++ = lower(*p++);
-        for (;;) {
-            /* ASCII word bytes map to 0x24 and above, bytes >= 0x80 to 1 */
-            while (p < lim && (m = wtab[*p]) > 1) {
-                *o++ = (char)m;
-                p++;
-            }
-            if (p == lim || m == 0)
-                break;
-            *o++ = (char)*p++;
-        }
-        end = (size_t)(p - (const unsigned char *)s);
-        L->o = (size_t)(o - L->out);
-    }
+    n = copy_word((const unsigned char *)s + i, (const unsigned char *)s + L->len, L->out + L->o,
+                  wide);
+    end = i + n;
+    L->o += n;
     kw = end - i <= 11 ? keyword(L->out + L->word_o, end - i) : KW_NONE;
-    if ((kw == KW_NULL || kw == KW_TRUE || kw == KW_FALSE) && L->kw != KW_IS && L->kw != KW_NOT) {
+    if (word_is_literal(kw, L->kw)) {
         L->o = L->word_o;
         L->kw = KW_NONE;
         return lit_token(L, i, end, kw == KW_NULL ? SHAPE_LIT_NULL : SHAPE_LIT_BOOL, 0);
     }
     L->i = end;
     L->kw = kw;
-    L->operand = !(kw == KW_EXPR || kw == KW_IN || kw == KW_IS || kw == KW_NOT);
+    L->operand = kw_ends_operand(kw);
     return true;
 }
 
@@ -667,6 +815,25 @@ static bool number_at(const char *s, size_t len, size_t j)
     return is_digit(c) || (c == '.' && is_digit(at(s, len, j + 1)));
 }
 
+/* An operator character other than + - * / < > = (see lex_operator). */
+static inline bool op_special(unsigned char c)
+{
+    switch (c) {
+    case '~':
+    case '!':
+    case '@':
+    case '#':
+    case '%':
+    case '^':
+    case '&':
+    case '|':
+    case '`':
+    case '?':
+        return true;
+    }
+    return false;
+}
+
 /*
  * An operator: the longest run of operator characters not starting a
  * comment; a run that ends in + or - and has none of ~ ! @ # % ^ & | ` ?
@@ -682,7 +849,7 @@ static bool lex_operator(Lex *L)
         unsigned char n = at(s, L->len, j + 1);
         if (j > i && ((s[j] == '-' && n == '-') || (s[j] == '/' && n == '*')))
             break;
-        if (strchr("~!@#%^&|`?", s[j]))
+        if (op_special((unsigned char)s[j]))
             special = true;
         j++;
     }
@@ -832,7 +999,7 @@ static bool lex_punct(Lex *L)
     size_t n = 1;
 
     if (c == ';') {
-        if (L->any)
+        if (L->o > 0) /* a token was written: every token writes a byte */
             L->semi = true;
         L->i++;
         L->operand = false;
@@ -899,11 +1066,18 @@ static bool lex_step(Lex *L)
     size_t i = L->i, end;
     unsigned char c = s[i];
 
-    switch (cls[c]) {
-    case C_SPACE:
+    /* Blanks only set L->space (one space at most comes of a run): skip the
+     * run and go on to the token after it, saving a dispatch per blank. */
+    if (cls[c] == C_SPACE) {
+        while (++i < L->len && cls[(unsigned char)s[i]] == C_SPACE)
+            ;
         L->space = true;
-        L->i++;
-        return true;
+        L->i = i;
+        if (i == L->len)
+            return true;
+        c = s[i];
+    }
+    switch (cls[c]) {
     case C_WORD:
         return lex_word(L);
     case C_DIGIT:
@@ -923,7 +1097,14 @@ static bool lex_step(Lex *L)
     case C_DOT:
         if (is_digit(at(s, L->len, i + 1)) && !(L->operand && !L->space))
             return lex_number(L, i);
-        return lex_verbatim(L, i + 1, false);
+        /* the "." of table.column: a byte written as it is */
+        if (!tok_begin(L, '.', 1))
+            return false;
+        L->out[L->o++] = '.';
+        L->i = i + 1;
+        L->operand = false;
+        L->kw = KW_NONE;
+        return true;
     case C_OP:
         if (c == '-' && at(s, L->len, i + 1) == '-') {
             L->i = scan_line_comment(s, L->len, i);
@@ -948,9 +1129,100 @@ static bool lex_step(Lex *L)
     return false;
 }
 
+/*
+ * The lexer loop. Blanks, plain words and the ". , ( )" between them are
+ * most of the bytes of an ORM statement: when the room checks are moot
+ * (L->roomy) they are lexed here, by the rules of tok_begin and lex_word,
+ * with the two indexes in locals; every other token goes to lex_step.
+ * Stops at the end or when a step fails (L->st says why).
+ */
+static void lex_run(Lex *L)
+{
+    const char *s = L->s;
+    char *out = L->out;
+    size_t len = L->len, i = L->i, o = L->o, n, sep;
+    unsigned char c;
+    int k;
+
+    if (!L->roomy) {
+        while (L->i < len)
+            if (!lex_step(L))
+                return;
+        return;
+    }
+    while (i < len) {
+        c = (unsigned char)s[i];
+        k = cls[c];
+        if (k == C_WORD && !L->semi) {
+            /* The word goes after the space if one is kept; a word of one
+             * letter may be the prefix of a quoted token instead (E'x'):
+             * then nothing counts as written and lex_step takes it. */
+            sep = L->space && o > 0 && keeps_space(out[o - 1], 'a');
+            out[o] = ' ';
+            n = copy_word((const unsigned char *)s + i, (const unsigned char *)s + len,
+                          out + o + sep, true);
+            if (n == 1 && quote_prefix(s, len, i))
+                goto step;
+            L->space = false;
+            o += sep;
+            k = n <= 11 ? keyword(out + o, n) : KW_NONE;
+            if (word_is_literal(k, L->kw)) {
+                /* as lex_word does: the word is taken back for a placeholder */
+                L->o = L->word_o = o;
+                L->kw = KW_NONE;
+                if (!lit_token(L, i, i + n, k == KW_NULL ? SHAPE_LIT_NULL : SHAPE_LIT_BOOL, 0))
+                    return;
+                i = L->i;
+                o = L->o;
+                continue;
+            }
+            L->word_o = o;
+            o += n;
+            i += n;
+            L->kw = k;
+            L->operand = kw_ends_operand(k);
+            continue;
+        }
+        if (k == C_SPACE) {
+            while (++i < len && cls[(unsigned char)s[i]] == C_SPACE)
+                ;
+            L->space = true;
+            continue;
+        }
+        /* one byte of punctuation: the "." of table.column (not of a
+         * number, see lex_step), a "," or ")", a "(" not after IN */
+        if (!L->semi &&
+            ((k == C_DOT && !(is_digit(at(s, len, i + 1)) && !(L->operand && !L->space))) ||
+             c == ',' || c == ')' || (c == '(' && L->kw != KW_IN))) {
+            if (L->space && o > 0 && keeps_space(out[o - 1], c))
+                out[o++] = ' ';
+            L->space = false;
+            out[o++] = (char)c;
+            i++;
+            L->operand = c == ')';
+            L->kw = KW_NONE;
+            continue;
+        }
+    step:
+        L->i = i;
+        L->o = o;
+        if (!lex_step(L))
+            return;
+        i = L->i;
+        o = L->o;
+    }
+    L->i = i;
+    L->o = o;
+}
+
 bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
 {
-    Lex L = {.s = sql, .len = len, .sb = out, .out = out->text, .st = SHAPE_OK};
+    Lex L = {.s = sql,
+             .len = len,
+             .sb = out,
+             .out = out->text,
+             .roomy = len <= ROOMY_SQL,
+             .st = SHAPE_OK};
 
     out->hash = 0;
     out->text_len = 0;
@@ -963,10 +1235,8 @@ bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
         out->status = SHAPE_TOO_LONG;
         return false;
     }
-    while (L.i < len)
-        if (!lex_step(&L))
-            break;
-    if (L.st == SHAPE_OK && !L.any)
+    lex_run(&L);
+    if (L.st == SHAPE_OK && L.o == 0)
         L.st = SHAPE_EMPTY;
     out->status = L.st;
     if (L.st != SHAPE_OK) {
@@ -1089,10 +1359,20 @@ uint64_t shape_hash_bytes(const void *p, size_t n)
     if (n) {
         w = 0;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        /* what the memcpy below does on this byte order, without a call for
-         * the few bytes of every short value */
-        for (size_t k = 0; k < n; k++)
-            w |= (uint64_t)b[k] << (8 * k);
+        /* What the memcpy below does on this byte order, without a call or a
+         * loop for the few bytes of every short value: the 8 bytes ending at
+         * the end when there are, else two overlapping loads. */
+        if (b - (const unsigned char *)p >= 8) {
+            memcpy(&w, b + n - 8, 8);
+            w >>= 8 * (8 - n);
+        } else if (n >= 4) {
+            uint32_t lo, hi;
+            memcpy(&lo, b, 4);
+            memcpy(&hi, b + n - 4, 4);
+            w = lo | (uint64_t)hi << (8 * (n - 4));
+        } else {
+            w = b[0] | (uint64_t)b[n / 2] << (8 * (n / 2)) | (uint64_t)b[n - 1] << (8 * (n - 1));
+        }
 #else
         memcpy(&w, b, n);
 #endif
