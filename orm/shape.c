@@ -393,8 +393,15 @@ static size_t scan_number(const char *s, size_t len, size_t i)
             j++;
         return j;
     }
-    while (j < len && (is_digit(s[j]) || (s[j] == '_' && j > i && is_digit(at(s, len, j + 1)))))
-        j++;
+    /* digits, and a "_" between two digits */
+    for (;;) {
+        while (j < len && is_digit(s[j]))
+            j++;
+        if (j < len && s[j] == '_' && j > i && is_digit(at(s, len, j + 1)))
+            j++;
+        else
+            break;
+    }
     if (at(s, len, j) == '.' && at(s, len, j + 1) != '.') {
         j++;
         while (j < len && is_digit(s[j]))
@@ -584,18 +591,22 @@ static inline void copy_short(char *o, const char *p, size_t n)
     }
 }
 
-/* Append raw bytes (room already checked). */
-static inline void out_put(Lex *L, const char *p, size_t n)
+/* Copy n bytes, n >= 1. */
+static inline void copy_short_or_long(char *o, const char *p, size_t n)
 {
-    char *o = L->out + L->o;
-
-    L->o += n;
     if (n == 1)
         *o = *p;
     else if (n <= 16)
         copy_short(o, p, n);
     else
         memcpy(o, p, n);
+}
+
+/* Append raw bytes (room already checked). */
+static inline void out_put(Lex *L, const char *p, size_t n)
+{
+    copy_short_or_long(L->out + L->o, p, n);
+    L->o += n;
 }
 
 /* Append "$k" for placeholder k (1..SHAPE_MAX_PARAMS; room checked). */
@@ -605,6 +616,10 @@ static void out_placeholder(Lex *L, uint32_t k)
     int n = 0;
 
     L->out[L->o++] = '$';
+    if (k < 10) { /* most statements have fewer than ten */
+        L->out[L->o++] = (char)('0' + k);
+        return;
+    }
     do {
         d[n++] = (char)('0' + k % 10);
         k /= 10;
@@ -1130,6 +1145,27 @@ static bool lex_step(Lex *L)
 }
 
 /*
+ * Is the byte c (class k) at i a token of its own that lex_step would copy
+ * as it is: the "." of table.column (not of a number), a "," or ")", a "("
+ * not after IN, or an operator of one character other than "-" (lex_operator
+ * takes a "-" before a number with it)?
+ */
+static inline bool one_byte_token(const Lex *L, size_t i, unsigned char c, int k)
+{
+    const char *s = L->s;
+
+    switch (k) {
+    case C_DOT:
+        return !(is_digit(at(s, L->len, i + 1)) && !(L->operand && !L->space));
+    case C_PUNCT:
+        return c == ',' || c == ')' || (c == '(' && L->kw != KW_IN);
+    case C_OP:
+        return c != '-' && (i + 1 == L->len || cls[(unsigned char)s[i + 1]] != C_OP);
+    }
+    return false;
+}
+
+/*
  * The lexer loop. Blanks, plain words and the ". , ( )" between them are
  * most of the bytes of an ORM statement: when the room checks are moot
  * (L->roomy) they are lexed here, by the rules of tok_begin and lex_word,
@@ -1183,23 +1219,34 @@ static void lex_run(Lex *L)
             L->operand = kw_ends_operand(k);
             continue;
         }
-        if (k == C_SPACE) {
+        if (k == C_SPACE) { /* a run of blanks is one step */
             while (++i < len && cls[(unsigned char)s[i]] == C_SPACE)
                 ;
             L->space = true;
             continue;
         }
-        /* one byte of punctuation: the "." of table.column (not of a
-         * number, see lex_step), a "," or ")", a "(" not after IN */
-        if (!L->semi &&
-            ((k == C_DOT && !(is_digit(at(s, len, i + 1)) && !(L->operand && !L->space))) ||
-             c == ',' || c == ')' || (c == '(' && L->kw != KW_IN))) {
+        if (L->semi)
+            goto step;
+        if (one_byte_token(L, i, c, k)) {
             if (L->space && o > 0 && keeps_space(out[o - 1], c))
                 out[o++] = ' ';
             L->space = false;
             out[o++] = (char)c;
             i++;
             L->operand = c == ')';
+            L->kw = KW_NONE;
+            continue;
+        }
+        if (k == C_DQUOTE && (n = scan_quoted(s, len, i, false)) != NOT_FOUND) {
+            /* a quoted identifier, copied as written (lex_verbatim) */
+            n -= i;
+            if (L->space && o > 0 && keeps_space(out[o - 1], '"'))
+                out[o++] = ' ';
+            L->space = false;
+            copy_short_or_long(out + o, s + i, n);
+            o += n;
+            i += n;
+            L->operand = true;
             L->kw = KW_NONE;
             continue;
         }
