@@ -454,70 +454,86 @@ static bool word_is(const char *s, size_t len, size_t i, const char *w)
 }
 
 /*
- * Keyword class of a lower-case word. One switch on the length and the
- * first letter leaves one or two words to compare: most words are no
- * keyword, and they are out after that switch.
+ * Keyword class of a lower-case word of n <= 11 bytes. A switch on the
+ * length, then on the first letter, leaves one or two words to compare:
+ * most words are no keyword, and they are out after the two jumps.
  */
 static HOT_INLINE int keyword(const char *w, size_t n)
 {
-#define IS(lit)    (memcmp(w, lit, sizeof(lit) - 1) == 0) /* n, as the case says */
-#define KEY(n, c0) ((n) << 8 | (c0))
-    switch (KEY(n, (unsigned char)w[0])) {
-    case KEY(2, 'i'):
-        return IS("in") ? KW_IN : IS("is") ? KW_IS : KW_NONE;
-    case KEY(2, 'o'):
-        return IS("or") || IS("on") ? KW_EXPR : KW_NONE;
-    case KEY(2, 'b'):
-        return IS("by") ? KW_EXPR : KW_NONE;
-    case KEY(3, 'n'):
-        return IS("not") ? KW_NOT : KW_NONE;
-    case KEY(3, 'a'):
-        return IS("and") ? KW_EXPR : KW_NONE;
-    case KEY(4, 'n'):
-        return IS("null") ? KW_NULL : KW_NONE;
-    case KEY(4, 't'):
-        return IS("true") ? KW_TRUE : IS("time") ? KW_TYPE : IS("then") ? KW_EXPR : KW_NONE;
-    case KEY(4, 'd'):
-        return IS("date") ? KW_TYPE : KW_NONE;
-    case KEY(4, 'w'):
-        return IS("when") ? KW_EXPR : KW_NONE;
-    case KEY(4, 'e'):
-        return IS("else") ? KW_EXPR : KW_NONE;
-    case KEY(4, 'l'):
-        return IS("like") ? KW_EXPR : KW_NONE;
-    case KEY(5, 'f'):
-        return IS("false") ? KW_FALSE : KW_NONE;
-    case KEY(5, 'a'):
-        return IS("array") ? KW_ARRAY : KW_NONE;
-    case KEY(5, 'w'):
-        return IS("where") ? KW_EXPR : KW_NONE;
-    case KEY(5, 'l'):
-        return IS("limit") ? KW_EXPR : KW_NONE;
-    case KEY(5, 'i'):
-        return IS("ilike") ? KW_EXPR : KW_NONE;
-    case KEY(6, 's'):
-        return IS("select") ? KW_EXPR : KW_NONE;
-    case KEY(6, 'o'):
-        return IS("offset") ? KW_EXPR : KW_NONE;
-    case KEY(6, 'v'):
-        return IS("values") ? KW_EXPR : KW_NONE;
-    case KEY(6, 'r'):
-        return IS("return") ? KW_EXPR : KW_NONE;
-    case KEY(6, 'h'):
-        return IS("having") ? KW_EXPR : KW_NONE;
-    case KEY(7, 'b'):
+#define IS(lit) (memcmp(w, lit, sizeof(lit) - 1) == 0) /* n, as the case says */
+    switch (n) {
+    case 2:
+        switch (w[0]) {
+        case 'i':
+            return IS("in") ? KW_IN : IS("is") ? KW_IS : KW_NONE;
+        case 'o':
+            return IS("or") || IS("on") ? KW_EXPR : KW_NONE;
+        case 'b':
+            return IS("by") ? KW_EXPR : KW_NONE;
+        }
+        break;
+    case 3:
+        switch (w[0]) {
+        case 'n':
+            return IS("not") ? KW_NOT : KW_NONE;
+        case 'a':
+            return IS("and") ? KW_EXPR : KW_NONE;
+        }
+        break;
+    case 4:
+        switch (w[0]) {
+        case 'n':
+            return IS("null") ? KW_NULL : KW_NONE;
+        case 't':
+            return IS("true") ? KW_TRUE : IS("time") ? KW_TYPE : IS("then") ? KW_EXPR : KW_NONE;
+        case 'd':
+            return IS("date") ? KW_TYPE : KW_NONE;
+        case 'w':
+            return IS("when") ? KW_EXPR : KW_NONE;
+        case 'e':
+            return IS("else") ? KW_EXPR : KW_NONE;
+        case 'l':
+            return IS("like") ? KW_EXPR : KW_NONE;
+        }
+        break;
+    case 5:
+        switch (w[0]) {
+        case 'f':
+            return IS("false") ? KW_FALSE : KW_NONE;
+        case 'a':
+            return IS("array") ? KW_ARRAY : KW_NONE;
+        case 'w':
+            return IS("where") ? KW_EXPR : KW_NONE;
+        case 'l':
+            return IS("limit") ? KW_EXPR : KW_NONE;
+        case 'i':
+            return IS("ilike") ? KW_EXPR : KW_NONE;
+        }
+        break;
+    case 6:
+        switch (w[0]) {
+        case 's':
+            return IS("select") ? KW_EXPR : KW_NONE;
+        case 'o':
+            return IS("offset") ? KW_EXPR : KW_NONE;
+        case 'v':
+            return IS("values") ? KW_EXPR : KW_NONE;
+        case 'r':
+            return IS("return") ? KW_EXPR : KW_NONE;
+        case 'h':
+            return IS("having") ? KW_EXPR : KW_NONE;
+        }
+        break;
+    case 7:
         return IS("between") ? KW_EXPR : KW_NONE;
-    case KEY(8, 'i'):
-        return IS("interval") ? KW_TYPE : KW_NONE;
-    case KEY(8, 'd'):
-        return IS("distinct") ? KW_EXPR : KW_NONE;
-    case KEY(9, 't'):
+    case 8:
+        return IS("interval") ? KW_TYPE : IS("distinct") ? KW_EXPR : KW_NONE;
+    case 9:
         return IS("timestamp") ? KW_TYPE : KW_NONE;
-    case KEY(11, 't'):
+    case 11:
         return IS("timestamptz") ? KW_TYPE : KW_NONE;
     }
     return KW_NONE;
-#undef KEY
 #undef IS
 }
 
