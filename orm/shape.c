@@ -1253,7 +1253,10 @@ static void lex_run(Lex *L)
             L->kw = KW_NONE;
             continue;
         }
-        if (k == C_DQUOTE && (n = scan_quoted(s, len, i, false)) != NOT_FOUND) {
+        if (k == C_DQUOTE) {
+            n = scan_quoted(s, len, i, false);
+            if (n == NOT_FOUND)
+                goto step;
             /* a quoted identifier, copied as written (lex_verbatim) */
             n -= i;
             if (L->space && o > 0 && keeps_space(out[o - 1], '"'))
@@ -1263,6 +1266,14 @@ static void lex_run(Lex *L)
             o += n;
             i += n;
             L->operand = true;
+            L->kw = KW_NONE;
+            continue;
+        }
+        if (c == ';') { /* as lex_punct does: written before the next token */
+            if (o > 0)
+                L->semi = true;
+            i++;
+            L->operand = false;
             L->kw = KW_NONE;
             continue;
         }
