@@ -271,8 +271,6 @@ static HOT_INLINE size_t copy_word(const unsigned char *p, const unsigned char *
 #else
     (void)wide;
 #endif
-    if (p == p0)
-        *o++ = lower(*p++);
     for (;;) {
         /* ASCII word bytes map to 0x24 and above, bytes >= 0x80 to 1 */
         while (p < lim && (m = wtab[*p]) > 1) {
