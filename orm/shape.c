@@ -624,7 +624,7 @@ static inline void out_put(Lex *L, const char *p, size_t n)
 }
 
 /* Append "$k" for placeholder k (1..SHAPE_MAX_PARAMS; room checked). */
-static void out_placeholder(Lex *L, uint32_t k)
+static HOT_INLINE void out_placeholder(Lex *L, uint32_t k)
 {
     char d[8];
     int n = 0;
@@ -643,7 +643,7 @@ static void out_placeholder(Lex *L, uint32_t k)
 }
 
 /* Record one extracted value for the placeholder about to be written. */
-static bool add_lit(Lex *L, size_t off, size_t len, ShapeLitKind kind, uint32_t bind)
+static HOT_INLINE bool add_lit(Lex *L, size_t off, size_t len, ShapeLitKind kind, uint32_t bind)
 {
     ShapeBuf *sb = L->sb;
     ShapeLit *lit;
@@ -665,7 +665,7 @@ static bool add_lit(Lex *L, size_t off, size_t len, ShapeLitKind kind, uint32_t 
 }
 
 /* Close the placeholder holding lits[first..nlits) and write "$k". */
-static bool put_param(Lex *L, uint32_t first, uint32_t flags)
+static HOT_INLINE bool put_param(Lex *L, uint32_t first, uint32_t flags)
 {
     ShapeBuf *sb = L->sb;
     ShapeParam *p = &sb->params[sb->nparams++];
@@ -678,6 +678,25 @@ static bool put_param(Lex *L, uint32_t first, uint32_t flags)
 }
 
 /*
+ * lit_token for a literal that takes no type word (a number, or any
+ * literal not after DATE etc.): record the value, write "$k".
+ */
+static HOT_INLINE bool lit_untyped(Lex *L, size_t off, size_t end, ShapeLitKind kind, uint32_t bind)
+{
+    uint32_t first = L->sb->nlits;
+
+    if (!add_lit(L, off, end - off, kind, bind))
+        return false;
+    if (!tok_begin(L, '$', 8))
+        return false;
+    put_param(L, first, 0);
+    L->i = end;
+    L->operand = true;
+    L->kw = KW_NONE;
+    return true;
+}
+
+/*
  * One literal token s[off..end) of the given kind becomes a placeholder.
  * After a type word (DATE 'x'), the word is taken back and the placeholder
  * written as $n::date so that the text keeps parsing.
@@ -685,22 +704,20 @@ static bool put_param(Lex *L, uint32_t first, uint32_t flags)
 static bool lit_token(Lex *L, size_t off, size_t end, ShapeLitKind kind, uint32_t bind)
 {
     char type[16];
-    size_t tn = 0;
+    size_t tn;
     uint32_t first = L->sb->nlits;
-    uint32_t flags = 0;
 
-    if (L->kw == KW_TYPE && kind <= SHAPE_LIT_DOLLAR) {
-        tn = L->o - L->word_o;
-        memcpy(type, L->out + L->word_o, tn);
-        L->o = L->word_o;
-        L->space = false;
-        flags = SHAPE_PARAM_TYPED;
-    }
+    if (L->kw != KW_TYPE || kind > SHAPE_LIT_DOLLAR)
+        return lit_untyped(L, off, end, kind, bind);
+    tn = L->o - L->word_o;
+    memcpy(type, L->out + L->word_o, tn);
+    L->o = L->word_o;
+    L->space = false;
     if (!add_lit(L, off, end - off, kind, bind))
         return false;
     if (!tok_begin(L, '$', 8 + tn))
         return false;
-    put_param(L, first, flags);
+    put_param(L, first, SHAPE_PARAM_TYPED);
     if (tn) {
         out_put(L, "::", 2);
         memcpy(L->out + L->o, type, tn);
@@ -1265,6 +1282,18 @@ static void lex_run(Lex *L)
             i += n;
             L->operand = true;
             L->kw = KW_NONE;
+            continue;
+        }
+        if (k == C_DIGIT || (k == C_QUOTE && L->kw != KW_TYPE)) {
+            /* a number or a string: a placeholder (lex_number, lit_token) */
+            n = k == C_DIGIT ? scan_number(s, len, i) : scan_quoted(s, len, i, false);
+            if (n == NOT_FOUND)
+                goto step;
+            L->o = o;
+            if (!lit_untyped(L, i, n, k == C_DIGIT ? SHAPE_LIT_NUMBER : SHAPE_LIT_STRING, 0))
+                return;
+            i = L->i;
+            o = L->o;
             continue;
         }
         if (c == ';') { /* as lex_punct does: written before the next token */
