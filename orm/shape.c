@@ -1327,13 +1327,14 @@ static void lex_run(Lex *L)
     L->o = o;
 }
 
-bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
+/* shape_normalize, with (fast) or without the fast lane of lex_run. */
+static bool normalize(const char *sql, size_t len, ShapeBuf *out, bool fast)
 {
     Lex L = {.s = sql,
              .len = len,
              .sb = out,
              .out = out->text,
-             .roomy = len <= ROOMY_SQL,
+             .roomy = fast && len <= ROOMY_SQL,
              .st = SHAPE_OK};
 
     out->hash = 0;
@@ -1360,6 +1361,29 @@ bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
     out->nstmts++;
     out->hash = shape_hash_bytes(out->text, L.o);
     return true;
+}
+
+bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
+{
+    return normalize(sql, len, out, true);
+}
+
+bool shape_normalize_stepwise(const char *sql, size_t len, ShapeBuf *out)
+{
+    return normalize(sql, len, out, false);
+}
+
+bool shape_same(const ShapeBuf *a, const ShapeBuf *b)
+{
+    if (a->status != b->status)
+        return false;
+    if (a->status != SHAPE_OK)
+        return true; /* nothing else is defined */
+    return a->hash == b->hash && a->text_len == b->text_len && a->nparams == b->nparams &&
+           a->nlits == b->nlits && a->nstmts == b->nstmts && a->max_bind == b->max_bind &&
+           memcmp(a->text, b->text, a->text_len) == 0 &&
+           memcmp(a->params, b->params, a->nparams * sizeof(a->params[0])) == 0 &&
+           memcmp(a->lits, b->lits, a->nlits * sizeof(a->lits[0])) == 0;
 }
 
 int shape_split(const char *sql, size_t len, ShapeSpan *spans, int cap)

@@ -134,6 +134,15 @@ typedef struct ShapeSpan {
  */
 __attribute__((warn_unused_result)) bool shape_normalize(const char *sql, size_t len,
                                                          ShapeBuf *out);
+/*
+ * The same without the fast lane (orm/shape.c: lex_run), every token
+ * through the general step: for the tests and the fuzzer, which hold the
+ * two to the same output, as the fast lane repeats the general rules.
+ */
+__attribute__((warn_unused_result)) bool shape_normalize_stepwise(const char *sql, size_t len,
+                                                                  ShapeBuf *out);
+/* Do a and b hold the same result (status, and for SHAPE_OK all of it)? */
+bool shape_same(const ShapeBuf *a, const ShapeBuf *b);
 
 /*
  * Split a simple-protocol text at the ";" outside quotes, comments and

@@ -8,8 +8,9 @@
  * every extracted value lies inside the text, placeholders and values
  * agree, the normalised text is terminated where text_len says and hashes
  * to hash, every span of shape_split lies inside the text and shapes the
- * way a statement of its own would, and the normalised text of a shape
- * normalises to itself (but for lists that only the second pass folds).
+ * way a statement of its own would, the normalised text of a shape
+ * normalises to itself (but for lists that only the second pass folds), and
+ * the lexer's fast lane agrees with its general step (shape_same).
  */
 #include "tests/fuzz/fuzz.h"
 
@@ -101,7 +102,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ShapeValue binds[MAX_BINDS];
     int nspans, nbinds;
 
-    if (shape_normalize(sql, size, &sb)) {
+    /* the fast lane of the lexer gives what the general step gives */
+    FUZZ_CHECK(shape_normalize(sql, size, &sb) == shape_normalize_stepwise(sql, size, &sb2));
+    FUZZ_CHECK(shape_same(&sb, &sb2));
+    if (sb.status == SHAPE_OK) {
         check_shape(&sb, size);
         nbinds = make_binds(data, size, binds);
         check_values(sql, size, binds, nbinds);

@@ -425,6 +425,44 @@ static void test_hash_distinct(void **state)
                 shape_hash_bytes("abcdefghabcdefghabcdefghabcdefgh2", 33));
 }
 
+/* The fast lane and the general step of the lexer agree on sql[0..len). */
+static void expect_same_lanes(const char *sql, size_t len)
+{
+    static ShapeBuf slow;
+    bool a = shape_normalize(sql, len, sb), b = shape_normalize_stepwise(sql, len, &slow);
+
+    if (a != b || !shape_same(sb, &slow))
+        fail_msg("fast lane [%s] vs step [%s] for [%.*s]", sb->text, slow.text, (int)len, sql);
+}
+
+/*
+ * Every corpus statement and every prefix of it (prefixes end inside
+ * words, strings, comments and lists): the lexer's fast lane, which repeats
+ * the general rules for the common tokens, gives the general step's output.
+ */
+static void test_fast_lane_agrees(void **state)
+{
+    OrmRecord *recs = NULL;
+    int n = orm_data_load(&recs), checked = 0;
+
+    assert_true(n > 0);
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k < recs[r].nsql; k++) {
+            const char *sql = recs[r].sql[k];
+            size_t len = strlen(sql);
+            for (size_t cut = 0; cut <= len; cut++) {
+                char *exact = malloc(cut ? cut : 1); /* no NUL after the text */
+                assert_non_null(exact);
+                memcpy(exact, sql, cut);
+                expect_same_lanes(exact, cut);
+                free(exact);
+                checked++;
+            }
+        }
+    assert_true(checked > 1000);
+    orm_data_free(recs, n);
+}
+
 /*
  * Random SQL-ish texts: whatever the bytes, the lexer stays inside its
  * input and buffers and its output is consistent (the invariants below).
@@ -465,6 +503,7 @@ static void test_random_inputs(void **state)
         char *exact = malloc(len ? len : 1);
         assert_non_null(exact);
         memcpy(exact, text, len);
+        expect_same_lanes(exact, len);
         if (shape_normalize(exact, len, sb)) {
             uint32_t covered = 0;
             assert_int_equal(sb->status, SHAPE_OK);
@@ -500,6 +539,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_corpus_shapes),
+        cmocka_unit_test(test_fast_lane_agrees),
         cmocka_unit_test(test_literal_kinds),
         cmocka_unit_test(test_escape_strings),
         cmocka_unit_test(test_dollar_quotes),
