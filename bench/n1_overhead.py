@@ -60,6 +60,7 @@ def parse_args(argv):
     if len(a.modes) != 2 or a.modes[0] == a.modes[1] or \
             any(m not in ("off", "detect", "batch") for m in a.modes):
         p.error("--modes takes two different n1_mode values, e.g. batch,off")
+    a.build = os.path.abspath(a.build)  # the processes run in the temp dir
     a.pgcoalesce = os.path.join(a.build, "pgcoalesce")
     if not os.access(a.pgcoalesce, os.X_OK):
         p.error(f"no pgcoalesce in {a.build} (build it or pass --build DIR)")
