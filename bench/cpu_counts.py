@@ -86,13 +86,21 @@ def parse_strace_summary(text):
     return calls
 
 
-def callgrind_total(path):
-    """Total instructions (Ir) of a callgrind dump."""
+def callgrind_events(path):
+    """Totals of a callgrind dump by event name (Ir; with --cache-sim also D1mr, DLmr, ...)."""
+    names = ["Ir"]
     with open(path) as f:
         for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith("summary:") or line.startswith("totals:"):
+                return dict(zip(names, (int(x) for x in line.split()[1:])))
     raise pc.BenchError(f"no totals in {path}")
+
+
+def callgrind_total(path):
+    """Total instructions (Ir) of a callgrind dump."""
+    return callgrind_events(path)["Ir"]
 
 
 def callgrind_calls(path, names):
@@ -271,6 +279,8 @@ class CountBench(pc.Bench):
         base = os.path.join(self.tmp, f"callgrind-{target}-{workload}.out")
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={base}",
                    "--dump-instr=no", "--compress-strings=no", "--vgdb=yes"]
+        if a.cache_sim:
+            wrapper.append("--cache-sim=yes")
         proc, name = self.start_proxy(target, wrapper, label="callgrind")
         try:
             self.run_fixed(name, workload, a.warmup_tx_callgrind, "callgrind warm-up")
@@ -289,8 +299,14 @@ class CountBench(pc.Bench):
             time.sleep(0.5)  # written at once, but let it finish
             dump = new[0]
             self.dumps[(target, workload)] = dump
-            return {"instr": callgrind_total(dump) / n,
-                    "epoll_wait_cg": callgrind_calls(dump, ("epoll_wait", "epoll_pwait")) / n}
+            ev = callgrind_events(dump)
+            r = {"instr": ev["Ir"] / n,
+                 "epoll_wait_cg": callgrind_calls(dump, ("epoll_wait", "epoll_pwait")) / n}
+            if a.cache_sim:
+                # valgrind's simulated caches (the host's sizes), data misses per transaction
+                r["d1_miss"] = (ev.get("D1mr", 0) + ev.get("D1mw", 0)) / n
+                r["ll_miss"] = (ev.get("DLmr", 0) + ev.get("DLmw", 0)) / n
+            return r
         finally:
             proc.stop(grace=60)
 
@@ -391,6 +407,9 @@ def parse_args(argv):
     p.add_argument("--pool-size", type=int, default=20, help="both proxies (default 20)")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
     p.add_argument("--no-callgrind", action="store_true", help="skip the callgrind runs")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="callgrind with --cache-sim=yes: also data cache misses per transaction "
+                        "(D1, last level; logged as d1_miss, ll_miss)")
     p.add_argument("--no-strace", action="store_true", help="skip the strace runs")
     p.add_argument("--run-timeout", type=int, default=900, help="seconds per pgbench run")
     p.add_argument("--pg-bin", default=pc.PG_BIN_DEFAULT)
