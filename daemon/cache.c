@@ -94,6 +94,7 @@ struct CacheWorker {
     CacheRepl **repls;
     int nrepls;
     struct CacheHold *hold_reply_to; /* set while a commit's invalidations are sent */
+    struct CacheHold *hold_arming;   /* set while cache_commit_hold flushes them */
 };
 
 /* Everything naming one entry, and the versions its lookup saw. */
@@ -871,6 +872,7 @@ static void hold_release(CacheClient *cc)
     Client *c = cc->c;
     Server *s = c->server;
     CacheHold *h = cc->hold;
+    bool arming = h->cw->hold_arming == h;
 
     cc->hold = NULL;
     h->cc = NULL;
@@ -881,6 +883,13 @@ static void hold_release(CacheClient *cc)
     if (h->pending == 0)
         free(h);
     cc->hold_done = true;
+    /* Released inside cache_commit_hold's own flush (the connection broke
+     * and hiredis answered every command at once): that call is still in
+     * server_relay's ReadyForQuery and lets it go itself. Relaying here
+     * would run server_relay inside itself, and the outer call would then
+     * pause the server it had just released to the pool. */
+    if (arming)
+        return;
     if (s && s->client == c && s->state == SV_ACTIVE) {
         io_read(&s->io, true);
         server_relay(s);
@@ -960,7 +969,14 @@ bool cache_commit_hold(Client *c, char status)
     }
     evtimer_add(h->timer, &tv);
     cc->hold = h;
+    cw->hold_arming = h;
     redis_flush(cw->redis); /* on the wire now, not at the next loop pass */
+    cw->hold_arming = NULL;
+    if (!cc->hold) {
+        /* every reply came back in the flush: nothing to wait for */
+        cc->hold_done = false;
+        return false;
+    }
     return true;
 }
 
