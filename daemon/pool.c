@@ -268,13 +268,16 @@ void pool_janitor(Pool *p, double now)
     ListNode *n;
     bool recycled_one = false;
 
+    /* Waiting clients are in the order they began to wait (pool_checkout
+     * appends): the first one still within pool_timeout ends the walk, so
+     * a long queue is not read through every tick. */
     for (n = list_first(&p->waiting_clients); n;) {
         Client *c = list_entry(n, Client);
         n = list_next(&p->waiting_clients, n);
-        if (now - c->wait_since >= cfg->pool_timeout) {
-            p->stats.timeouts++;
-            client_wait_timeout(c);
-        }
+        if (now - c->wait_since < cfg->pool_timeout)
+            break;
+        p->stats.timeouts++;
+        client_wait_timeout(c);
     }
     /* Close at most one expired idle connection per pool per tick so that a
      * pool opened all at once does not reconnect all at once. */
