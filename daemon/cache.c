@@ -94,7 +94,6 @@ struct CacheWorker {
     CacheRepl **repls;
     int nrepls;
     struct CacheHold *hold_reply_to; /* set while a commit's invalidations are sent */
-    struct CacheHold *hold_arming;   /* set while cache_commit_hold flushes them */
 };
 
 /* Everything naming one entry, and the versions its lookup saw. */
@@ -872,7 +871,6 @@ static void hold_release(CacheClient *cc)
     Client *c = cc->c;
     Server *s = c->server;
     CacheHold *h = cc->hold;
-    bool arming = h->cw->hold_arming == h;
 
     cc->hold = NULL;
     h->cc = NULL;
@@ -883,13 +881,6 @@ static void hold_release(CacheClient *cc)
     if (h->pending == 0)
         free(h);
     cc->hold_done = true;
-    /* Released inside cache_commit_hold's own flush (the connection broke
-     * and hiredis answered every command at once): that call is still in
-     * server_relay's ReadyForQuery and lets it go itself. Relaying here
-     * would run server_relay inside itself, and the outer call would then
-     * pause the server it had just released to the pool. */
-    if (arming)
-        return;
     if (s && s->client == c && s->state == SV_ACTIVE) {
         io_read(&s->io, true);
         server_relay(s);
@@ -968,15 +959,11 @@ bool cache_commit_hold(Client *c, char status)
         return false;
     }
     evtimer_add(h->timer, &tv);
+    /* The commands go out at the end of this turn of the loop, from hiredis's
+     * write event: replies (NULL ones too, when the write fails) therefore
+     * always come from a callback of their own, never from inside this
+     * server_relay, so hold_release may relay again. */
     cc->hold = h;
-    cw->hold_arming = h;
-    redis_flush(cw->redis); /* on the wire now, not at the next loop pass */
-    cw->hold_arming = NULL;
-    if (!cc->hold) {
-        /* every reply came back in the flush: nothing to wait for */
-        cc->hold_done = false;
-        return false;
-    }
     return true;
 }
 

@@ -564,12 +564,6 @@ bool redis_subscribe(Redis *r, const char *channel,
     return true;
 }
 
-void redis_flush(Redis *r)
-{
-    if (r && r->cmd.ac && r->cmd.ready)
-        redisAsyncHandleWrite(r->cmd.ac);
-}
-
 void redis_stats(const Redis *r, RedisStats *out)
 {
     *out = r->st;

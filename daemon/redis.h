@@ -87,9 +87,6 @@ bool redis_subscribe(Redis *r, const char *channel,
                      void (*fn)(void *arg, const char *msg, size_t len), void *arg)
     __attribute__((warn_unused_result));
 
-/* Write the commands queued so far to the socket now, not at the next loop pass. */
-void redis_flush(Redis *r);
-
 void redis_stats(const Redis *r, RedisStats *out);
 
 #endif
