@@ -225,32 +225,47 @@ static void repl_fail(Repl *r, const char *fmt, ...)
 
 /* ---- socket events --------------------------------------------------------- */
 
+/* repl_fail or ck_fail: how a failure of one of the two connections ends it. */
+typedef void (*ReplFailFn)(Repl *r, const char *fmt, ...);
+
 /*
- * Wait for what on the connection's socket. force makes a new event even
- * for the same fd: while connecting libpq may close the socket and open
- * another under the same number, which an old registration would miss.
+ * Wait for what on conn's socket (io, cb: the stream's or the check's).
+ * force makes a new event even for the same fd: while connecting libpq may
+ * close the socket and open another under the same number, which an old
+ * registration would miss. On failure, fail(r, why).
  */
-static bool repl_watch(Repl *r, short what, bool force)
+static bool conn_watch(Repl *r, PqWatch *io, PGconn *conn, short what, bool force,
+                       event_callback_fn cb, ReplFailFn fail)
 {
-    if (pq_watch(&r->io, r->p->w->base, r->conn, what, force, repl_io_cb, r))
+    if (pq_watch(io, r->p->w->base, conn, what, force, cb, r))
         return true;
-    if (PQsocket(r->conn) < 0)
-        repl_fail(r, "connection has no socket: %s", PQerrorMessage(r->conn));
+    if (PQsocket(conn) < 0)
+        fail(r, "connection has no socket: %s", PQerrorMessage(conn));
     else
-        repl_fail(r, "cannot watch the socket");
+        fail(r, "cannot watch the socket");
     return false;
 }
 
-/* Push queued output; wait for write readiness while some is left. */
-static bool repl_flush(Repl *r)
+/* Push conn's queued output; wait for write readiness while some is left. */
+static bool conn_flush(Repl *r, PqWatch *io, PGconn *conn, event_callback_fn cb, ReplFailFn fail)
 {
-    int rc = PQflush(r->conn);
+    int rc = PQflush(conn);
 
     if (rc < 0) {
-        repl_fail(r, "send failed: %s", PQerrorMessage(r->conn));
+        fail(r, "send failed: %s", PQerrorMessage(conn));
         return false;
     }
-    return repl_watch(r, rc ? EV_READ | EV_WRITE : EV_READ, false);
+    return conn_watch(r, io, conn, rc ? EV_READ | EV_WRITE : EV_READ, false, cb, fail);
+}
+
+static bool repl_watch(Repl *r, short what, bool force)
+{
+    return conn_watch(r, &r->io, r->conn, what, force, repl_io_cb, repl_fail);
+}
+
+static bool repl_flush(Repl *r)
+{
+    return conn_flush(r, &r->io, r->conn, repl_io_cb, repl_fail);
 }
 
 static bool repl_send(Repl *r, const char *sql, ReplState next)
@@ -748,27 +763,15 @@ static void ck_fail(Repl *r, const char *fmt, ...)
     pend_schedule(r);
 }
 
-/* As repl_watch, for the check connection. */
+/* As repl_watch and repl_flush, for the check connection. */
 static bool ck_watch(Repl *r, short what, bool force)
 {
-    if (pq_watch(&r->ck_io, r->p->w->base, r->ck_conn, what, force, ck_io_cb, r))
-        return true;
-    if (PQsocket(r->ck_conn) < 0)
-        ck_fail(r, "connection has no socket: %s", PQerrorMessage(r->ck_conn));
-    else
-        ck_fail(r, "cannot watch the socket");
-    return false;
+    return conn_watch(r, &r->ck_io, r->ck_conn, what, force, ck_io_cb, ck_fail);
 }
 
 static bool ck_flush(Repl *r)
 {
-    int rc = PQflush(r->ck_conn);
-
-    if (rc < 0) {
-        ck_fail(r, "send failed: %s", PQerrorMessage(r->ck_conn));
-        return false;
-    }
-    return ck_watch(r, rc ? EV_READ | EV_WRITE : EV_READ, false);
+    return conn_flush(r, &r->ck_io, r->ck_conn, ck_io_cb, ck_fail);
 }
 
 /* Ask for a snapshot; it answers for every transaction pending now. */
