@@ -120,8 +120,8 @@ AdminConn *admin_conn_new(Ops *ops, int fd, const char *addr)
     pkt_init(&a->out);
     snprintf(a->addr, sizeof(a->addr), "%s", addr);
     evutil_make_socket_nonblocking(fd);
-    /* io_init closes fd when it fails */
     if (!io_init(&a->io, ops->w->base, fd, admin_on_io, a)) {
+        close(fd);
         pkt_free(&a->out);
         free(a);
         return NULL;
@@ -1124,21 +1124,21 @@ static void admin_console_input(AdminConn *a)
     char type;
     uint32_t len;
 
-    while (a->state == ADM_READY && evbuffer_get_length(a->io.in) >= PROTO_HDR_LEN) {
+    while (a->state == ADM_READY && iobuf_len(&a->io.in) >= PROTO_HDR_LEN) {
         const uint8_t *msg;
         if (io_pending_output(&a->io) > IO_HIGH_WATERMARK) {
             io_read(&a->io, false); /* resumed on IO_DRAINED */
             return;
         }
-        evbuffer_copyout(a->io.in, hdr, PROTO_HDR_LEN);
+        iobuf_copyout(&a->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, ADMIN_MAX_MSG, &type, &len) != FRAME_OK) {
             admin_refuse(a, "08P01", "invalid message length (the console takes at most %d bytes)",
                          ADMIN_MAX_MSG);
             return;
         }
-        if (evbuffer_get_length(a->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&a->io.in) < PROTO_HDR_LEN + len)
             return;
-        msg = evbuffer_pullup(a->io.in, PROTO_HDR_LEN + len) + PROTO_HDR_LEN;
+        msg = iobuf_data(&a->io.in) + PROTO_HDR_LEN;
         switch (type) {
         case 'Q':
             admin_query(a, msg, len);
@@ -1158,7 +1158,7 @@ static void admin_console_input(AdminConn *a)
             a->skip_to_sync = true;
             break;
         }
-        evbuffer_drain(a->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&a->io.in, PROTO_HDR_LEN + len);
         if (a->state == ADM_CLOSING)
             return;
         admin_flush_out(a);
@@ -1262,17 +1262,17 @@ static void admin_startup_input(AdminConn *a)
     const char *err;
     uint32_t len;
 
-    while (a->state == ADM_STARTUP && evbuffer_get_length(a->io.in) >= 4) {
-        evbuffer_copyout(a->io.in, lenbuf, 4);
+    while (a->state == ADM_STARTUP && iobuf_len(&a->io.in) >= 4) {
+        iobuf_copyout(&a->io.in, lenbuf, 4);
         len = ((uint32_t)lenbuf[0] << 24) | ((uint32_t)lenbuf[1] << 16) |
               ((uint32_t)lenbuf[2] << 8) | lenbuf[3];
         if (len < 8 || len > PROTO_MAX_STARTUP_LEN) {
             admin_refuse(a, "08P01", "invalid startup packet length %u", len);
             return;
         }
-        if (evbuffer_get_length(a->io.in) < len)
+        if (iobuf_len(&a->io.in) < len)
             return;
-        evbuffer_remove(a->io.in, pkt, len);
+        iobuf_remove(&a->io.in, pkt, len);
         err = proto_parse_startup(pkt + 4, len - 4, &sp);
         if (err) {
             admin_refuse(a, "08P01", "%s", err);
@@ -1298,9 +1298,9 @@ static void admin_auth_input(AdminConn *a)
     uint32_t len;
     AuthResult r;
 
-    while (a->state == ADM_AUTH && evbuffer_get_length(a->io.in) >= PROTO_HDR_LEN) {
+    while (a->state == ADM_AUTH && iobuf_len(&a->io.in) >= PROTO_HDR_LEN) {
         const uint8_t *body;
-        evbuffer_copyout(a->io.in, hdr, PROTO_HDR_LEN);
+        iobuf_copyout(&a->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, 8192, &type, &len) != FRAME_OK || type != 'p') {
             if (type == 'X')
                 admin_close(a, "client gave up during login");
@@ -1308,12 +1308,12 @@ static void admin_auth_input(AdminConn *a)
                 admin_refuse(a, "08P01", "expected a password message");
             return;
         }
-        if (evbuffer_get_length(a->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&a->io.in) < PROTO_HDR_LEN + len)
             return;
-        body = evbuffer_pullup(a->io.in, PROTO_HDR_LEN + len) + PROTO_HDR_LEN;
+        body = iobuf_data(&a->io.in) + PROTO_HDR_LEN;
         r = auth_exchange_step(&a->auth, a->ops->w->cfg, a->user, body, len, &a->out, &sqlstate,
                                msg, sizeof(msg));
-        evbuffer_drain(a->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&a->io.in, PROTO_HDR_LEN + len);
         admin_auth_result(a, r, sqlstate, msg);
     }
 }
@@ -1324,7 +1324,7 @@ static void admin_sniff(AdminConn *a)
 {
     uint8_t first;
 
-    if (evbuffer_copyout(a->io.in, &first, 1) != 1)
+    if (iobuf_copyout(&a->io.in, &first, 1) != 1)
         return;
     if (first == 0) {
         a->state = ADM_STARTUP;
@@ -1352,7 +1352,7 @@ static void admin_on_io(void *arg, IoEvent ev)
         else if (a->state == ADM_HTTP)
             http_input(a);
         else if (a->state == ADM_FLUSH)
-            evbuffer_drain(a->io.in, evbuffer_get_length(a->io.in));
+            iobuf_drain(&a->io.in, iobuf_len(&a->io.in));
         break;
     case IO_DRAINED:
         if (a->state == ADM_READY) {

@@ -241,8 +241,8 @@ void orm_exec_free(OrmExec *x)
 
 BatchResult orm_exec_read(Client *c, OrmExec *x)
 {
-    struct evbuffer *in = c->io.in;
-    size_t avail = evbuffer_get_length(in), n, at = 0;
+    IoBuf *in = &c->io.in;
+    size_t avail = iobuf_len(in), n, at = 0;
     const uint8_t *parse = NULL, *bind = NULL;
     uint32_t parse_len = 0, bind_len = 0;
     ClientOrm *o = c->orm;
@@ -253,7 +253,7 @@ BatchResult orm_exec_read(Client *c, OrmExec *x)
     if (n < PROTO_HDR_LEN)
         return BATCH_INPUT;
     x->buf = c->w->orm->msg; /* the worker's one-message scratch: used and forgotten */
-    evbuffer_copyout(in, x->buf, n);
+    iobuf_copyout(in, x->buf, n);
     for (int i = 0;; i++) {
         char type, prev = i > 0 ? (char)type_prev : 0;
         uint32_t len;
@@ -366,7 +366,7 @@ size_t orm_answer(Client *c, const OrmExec *x, const uint8_t *rowdesc, size_t ro
     pkt_command_complete(b, tag);
     pkt_ready(b, orm_client_status(c));
     io_send(&c->io, b->data, b->len);
-    evbuffer_drain(c->io.in, x->bytes);
+    iobuf_drain(&c->io.in, x->bytes);
     c->pool->stats.query_count++;
     orm_stmt_local(c, &x->stmt, nrows, started);
     return b->len;
@@ -1116,16 +1116,16 @@ bool batch_server_input(Server *s)
             server_close(s, "batched statement without its client");
             return false;
         }
-        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN)
+        if (iobuf_len(&s->io.in) < PROTO_HDR_LEN)
             return false;
-        evbuffer_copyout(s->io.in, hdr, PROTO_HDR_LEN);
+        iobuf_copyout(&s->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, BATCH_MAX_MSG, &type, &len) != FRAME_OK) {
             server_close(s, "malformed or oversized message from server in a batch");
             return false;
         }
-        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&s->io.in) < PROTO_HDR_LEN + len)
             return false;
-        body = evbuffer_pullup(s->io.in, PROTO_HDR_LEN + len) + PROTO_HDR_LEN;
+        body = iobuf_data(&s->io.in) + PROTO_HDR_LEN;
         switch (type) {
         case 't':
             if (kind == RQ_BATCH_TYPES)
@@ -1157,7 +1157,7 @@ bool batch_server_input(Server *s)
         default:
             break;
         }
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
         if (type != 'Z')
             continue;
         rq_pop_head(s);

@@ -1526,7 +1526,7 @@ static bool fill_end(Server *s, Client *c)
     CacheFill *f = cc->fill;
 
     cc->fill = NULL;
-    evbuffer_drain(c->io.in, f->x.bytes);
+    iobuf_drain(&c->io.in, f->x.bytes);
     c->pool->stats.query_count++;
     stats_query_end(s);
     orm_stmt_local(c, &f->x.stmt, f->nrows, f->started);
@@ -1557,19 +1557,19 @@ bool cache_server_input(Server *s)
         }
         if (f->pass_left > 0) {
             /* a message too big to keep goes on as it comes (the answer is not stored) */
-            size_t n = evbuffer_get_length(s->io.in);
+            size_t n = iobuf_len(&s->io.in);
             if (n > f->pass_left)
                 n = f->pass_left;
-            io_forward(&c->io, s->io.in, n);
+            io_forward(&c->io, &s->io.in, n);
             s->pool->stats.bytes_out += n;
             f->pass_left -= n;
             if (f->pass_left > 0)
                 return false;
             continue;
         }
-        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN)
+        if (iobuf_len(&s->io.in) < PROTO_HDR_LEN)
             return false;
-        evbuffer_copyout(s->io.in, hdr, PROTO_HDR_LEN);
+        iobuf_copyout(&s->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, 0x7fffffff - PROTO_HDR_LEN, &type, &len) != FRAME_OK) {
             server_close(s, "malformed message from server in a cache fill");
             return false;
@@ -1579,9 +1579,9 @@ bool cache_server_input(Server *s)
             f->pass_left = PROTO_HDR_LEN + (size_t)len;
             continue;
         }
-        if (evbuffer_get_length(s->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&s->io.in) < PROTO_HDR_LEN + len)
             return false;
-        msg = evbuffer_pullup(s->io.in, PROTO_HDR_LEN + len);
+        msg = iobuf_data(&s->io.in);
         fill_capture(c, f, type, msg, len);
         if (type == 'S')
             server_note_param(s, msg + PROTO_HDR_LEN, len);
@@ -1591,7 +1591,7 @@ bool cache_server_input(Server *s)
             io_send(&c->io, msg, PROTO_HDR_LEN + len);
             s->pool->stats.bytes_out += PROTO_HDR_LEN + len;
         }
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
         if (type == 'Z') {
             rq_pop_head(s);
             return fill_end(s, c);

@@ -154,7 +154,7 @@ void client_error_close(Client *c, const char *sqlstate, const char *fmt, ...)
      * error. */
     if (!c->io.tls)
         shutdown(c->io.fd, SHUT_WR); /* TLS: the error is still in the bufferevent */
-    evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
+    iobuf_drain(&c->io.in, iobuf_len(&c->io.in));
     io_read(&c->io, true);
     c->linger_since = now_sec();
     client_set_state(c, CL_LINGER);
@@ -306,7 +306,7 @@ void client_welcome(Client *c)
     client_send(c, b);
     if (c->state == CL_LOGIN) {
         client_set_state(c, CL_IDLE);
-        if (evbuffer_get_length(c->io.in) > 0)
+        if (iobuf_len(&c->io.in) > 0)
             client_process(c);
     }
 }
@@ -554,7 +554,7 @@ static void client_start_tls(Client *c)
 {
     struct ssl_st *ssl;
 
-    if (evbuffer_get_length(c->io.in) > 0) {
+    if (iobuf_len(&c->io.in) > 0) {
         /* Bytes sent before the handshake could be injected by a third party. */
         client_error_close(c, "08P01", "unencrypted data after SSLRequest");
         return;
@@ -576,19 +576,19 @@ static void client_startup_input(Client *c)
     const char *err;
 
     while (c->state == CL_LOGIN && c->phase == LOGIN_STARTUP) {
-        if (evbuffer_get_length(c->io.in) < 4)
+        if (iobuf_len(&c->io.in) < 4)
             return;
-        evbuffer_copyout(c->io.in, lenbuf, 4);
+        iobuf_copyout(&c->io.in, lenbuf, 4);
         len = ((uint32_t)lenbuf[0] << 24) | ((uint32_t)lenbuf[1] << 16) |
               ((uint32_t)lenbuf[2] << 8) | lenbuf[3];
         if (len < 8 || len > PROTO_MAX_STARTUP_LEN) {
             client_error_close(c, "08P01", "invalid startup packet length %u", len);
             return;
         }
-        if (evbuffer_get_length(c->io.in) < len)
+        if (iobuf_len(&c->io.in) < len)
             return;
         /* Copied out so the packet can be drained before acting on it. */
-        evbuffer_remove(c->io.in, pkt, len);
+        iobuf_remove(&c->io.in, pkt, len);
         err = proto_parse_startup(pkt + 4, len - 4, &sp);
         if (err) {
             client_error_close(c, err == PROTO_ERR_NO_USER ? "28000" : "08P01", "%s", err);
@@ -622,9 +622,9 @@ static void client_login_input(Client *c)
         return;
     }
     while (c->state == CL_LOGIN && c->phase != LOGIN_WELCOME &&
-           evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
+           iobuf_len(&c->io.in) >= PROTO_HDR_LEN) {
         uint8_t msg[CLIENT_MAX_LOGIN_MSG];
-        evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
+        iobuf_copyout(&c->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, CLIENT_MAX_LOGIN_MSG - 4, &type, &len) != FRAME_OK) {
             uint32_t raw = ((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
                            ((uint32_t)hdr[3] << 8) | hdr[4];
@@ -644,13 +644,13 @@ static void client_login_input(Client *c)
             client_error_close(c, "08P01", "expected a password message, got '%c'", type);
             return;
         }
-        if (evbuffer_get_length(c->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&c->io.in) < PROTO_HDR_LEN + len)
             return;
         /* Taken out of the input before acting on it: a login that completes
          * here goes straight on to the client's first query in the input,
          * which must not begin with this message. */
-        evbuffer_drain(c->io.in, PROTO_HDR_LEN);
-        evbuffer_remove(c->io.in, msg, len);
+        iobuf_drain(&c->io.in, PROTO_HDR_LEN);
+        iobuf_remove(&c->io.in, msg, len);
         client_auth_message(c, msg, len);
     }
 }
@@ -663,16 +663,16 @@ static bool client_discard(Client *c)
     char type;
     uint32_t len;
 
-    while (c->discarding && evbuffer_get_length(c->io.in) >= PROTO_HDR_LEN) {
-        evbuffer_copyout(c->io.in, hdr, PROTO_HDR_LEN);
+    while (c->discarding && iobuf_len(&c->io.in) >= PROTO_HDR_LEN) {
+        iobuf_copyout(&c->io.in, hdr, PROTO_HDR_LEN);
         if (proto_frame_header(hdr, (uint32_t)c->w->cfg->max_packet_size - 4, &type, &len) !=
             FRAME_OK) {
             client_error_close(c, "08P01", "invalid message length");
             return false;
         }
-        if (evbuffer_get_length(c->io.in) < PROTO_HDR_LEN + len)
+        if (iobuf_len(&c->io.in) < PROTO_HDR_LEN + len)
             return false;
-        evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&c->io.in, PROTO_HDR_LEN + len);
         if (type == 'X') {
             client_close(c, "client closed the connection");
             return false;
@@ -835,7 +835,7 @@ static const char *peek_session(const IoCursor *cur, uint32_t len, bool parse)
 static bool client_statement_message(Client *c, Server *s, char type, uint32_t len)
 {
     PsRegistry *reg = &c->w->prepared;
-    const uint8_t *msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
+    const uint8_t *msg = iobuf_data(&c->io.in);
     MsgReader r;
     const char *portal = NULL, *name;
     PreparedStmt *ps;
@@ -894,7 +894,7 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
         /* Unknown to the proxy: the server answers as it would. */
         if (!rq_push(s, kind, NULL, NULL))
             goto oom;
-        io_forward(&s->io, c->io.in, PROTO_HDR_LEN + len);
+        io_forward(&s->io, &c->io.in, PROTO_HDR_LEN + len);
         return true;
     }
     if (!server_ensure_prepared(s, ps, NULL))
@@ -912,7 +912,7 @@ static bool client_statement_message(Client *c, Server *s, char type, uint32_t l
     if (ok)
         server_queue(s, b);
 done:
-    evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+    iobuf_drain(&c->io.in, PROTO_HDR_LEN + len);
     if (!ok)
         goto oom;
     return s->state != SV_CLOSING && c->state != CL_CLOSING;
@@ -990,9 +990,9 @@ static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text,
         query_kind(text, (size_t)(end - text), true, name, sizeof(name)) != QK_DEALLOCATE_ONE)
         return false;
     ps = client_stmts_get(&c->stmts, name);
-    if (!ps || evbuffer_get_length(c->io.in) < *fwd + PROTO_HDR_LEN + len)
+    if (!ps || iobuf_len(&c->io.in) < *fwd + PROTO_HDR_LEN + len)
         return false;
-    io_forward(&s->io, c->io.in, *fwd);
+    io_forward(&s->io, &c->io.in, *fwd);
     s->pool->stats.bytes_in += *fwd + PROTO_HDR_LEN + len;
     *fwd = 0;
     ps_ref(ps);
@@ -1001,7 +1001,7 @@ static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text,
         ps_unref(&c->w->prepared, ps);
         return true;
     }
-    msg = evbuffer_pullup(c->io.in, PROTO_HDR_LEN + len);
+    msg = iobuf_data(&c->io.in);
     textlen = (size_t)(end - text);
     snprintf(sql, sizeof(sql), "DEALLOCATE %s", ps->server_name);
     b = worker_pkt(c->w);
@@ -1011,7 +1011,7 @@ static bool client_unnamed_deallocate(Client *c, Server *s, const uint8_t *text,
     /* parameter types, as the client sent them */
     pkt_put_bytes(b, msg + PROTO_HDR_LEN + 1 + textlen + 1, len - 1 - textlen - 1);
     pkt_end(b);
-    evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+    iobuf_drain(&c->io.in, PROTO_HDR_LEN + len);
     server_stmts_del(&s->stmts, &c->w->prepared, ps);
     ps_unref(&c->w->prepared, ps);
     s->dirty = true;
@@ -1093,7 +1093,7 @@ static void client_process(Client *c)
         io_read(&c->io, false); /* a batched statement answers its next statement first */
         return;
     }
-    io_cursor_init(&cur, c->io.in);
+    io_cursor_init(&cur, &c->io.in);
     for (;;) {
         if (c->pkt_left > 0) {
             size_t n = io_cursor_left(&cur);
@@ -1127,7 +1127,7 @@ static void client_process(Client *c)
         if (type == 'X') {
             if (s) {
                 s->pool->stats.bytes_in += fwd;
-                io_forward(&s->io, c->io.in, fwd);
+                io_forward(&s->io, &c->io.in, fwd);
             }
             client_close(c, "client closed the connection");
             return;
@@ -1142,7 +1142,7 @@ static void client_process(Client *c)
                 br = cache_client(c);
             switch (br) {
             case BATCH_DONE:
-                io_cursor_init(&cur, c->io.in);
+                io_cursor_init(&cur, &c->io.in);
                 continue;
             case BATCH_INPUT:
                 goto out;
@@ -1164,7 +1164,7 @@ static void client_process(Client *c)
             /* First message of a transaction: get a server, then come back.
              * Reading pauses only if the client has to wait, which saves
              * two epoll_ctl calls per transaction when a server is idle. */
-            if (evbuffer_get_length(c->io.in) - cur.pos <
+            if (iobuf_len(&c->io.in) - cur.pos <
                 PROTO_HDR_LEN + (len < CLIENT_CHECKOUT_BYTES ? len : CLIENT_CHECKOUT_BYTES))
                 break; /* not until the message (or its first part) is here */
             pool_checkout(c->pool, c);
@@ -1185,15 +1185,15 @@ static void client_process(Client *c)
                 query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
                 client_stmts_get(&c->stmts, name)) {
                 s->pool->stats.bytes_in += fwd + PROTO_HDR_LEN + len;
-                io_forward(&s->io, c->io.in, fwd);
+                io_forward(&s->io, &c->io.in, fwd);
                 fwd = 0;
-                evbuffer_drain(c->io.in, PROTO_HDR_LEN + len);
+                iobuf_drain(&c->io.in, PROTO_HDR_LEN + len);
                 client_stmts_del(&c->stmts, &c->w->prepared, name, NULL);
                 if (!rq_push(s, RQ_FAKE_DEALLOCATE, NULL, NULL)) {
                     client_error_close(c, "53200", "out of memory");
                     return;
                 }
-                io_cursor_init(&cur, c->io.in);
+                io_cursor_init(&cur, &c->io.in);
                 continue;
             }
         }
@@ -1208,18 +1208,18 @@ static void client_process(Client *c)
                 client_unnamed_deallocate(c, s, head + 1, n - 1, len, &fwd)) {
                 if (c->state == CL_CLOSING || c->state == CL_LINGER)
                     return;
-                io_cursor_init(&cur, c->io.in);
+                io_cursor_init(&cur, &c->io.in);
                 continue;
             }
             if (message_names_statement(type, head, n)) {
                 if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                     break; /* wait for the whole message */
                 s->pool->stats.bytes_in += fwd + PROTO_HDR_LEN + len;
-                io_forward(&s->io, c->io.in, fwd);
+                io_forward(&s->io, &c->io.in, fwd);
                 fwd = 0;
                 if (!client_statement_message(c, s, type, len))
                     return;
-                io_cursor_init(&cur, c->io.in);
+                io_cursor_init(&cur, &c->io.in);
                 continue;
             }
         }
@@ -1245,7 +1245,7 @@ out:
     if (!s)
         return; /* only part of a header so far */
     s->pool->stats.bytes_in += fwd;
-    io_forward(&s->io, c->io.in, fwd);
+    io_forward(&s->io, &c->io.in, fwd);
     io_push(&s->io); /* rewritten messages queued without bytes to forward after them */
     server_settle(s);
     if (s->io.congested)
@@ -1255,7 +1255,7 @@ out:
 void client_continue(Client *c)
 {
     io_read(&c->io, true);
-    if (evbuffer_get_length(c->io.in) > 0)
+    if (iobuf_len(&c->io.in) > 0)
         client_process(c);
 }
 
@@ -1270,7 +1270,7 @@ void client_resume(Client *c)
     if (c->state == CL_ACTIVE)
         client_set_state(c, CL_IDLE);
     io_read(&c->io, true);
-    if (evbuffer_get_length(c->io.in) > 0)
+    if (iobuf_len(&c->io.in) > 0)
         client_process(c);
 }
 
@@ -1342,8 +1342,8 @@ void client_check_linked(Client *c, double now)
  */
 static uint32_t client_unfinished(Client *c)
 {
-    struct evbuffer *in = c->io.in;
-    size_t have = evbuffer_get_length(in), pos = 0;
+    const uint8_t *in = iobuf_data(&c->io.in);
+    size_t have = iobuf_len(&c->io.in), pos = 0;
     /* Before the startup packet frames have no type byte. */
     size_t tb = c->state == CL_LOGIN && c->phase == LOGIN_STARTUP ? 0 : 1;
 
@@ -1353,14 +1353,11 @@ static uint32_t client_unfinished(Client *c)
         pos = c->pkt_left;
     }
     while (pos < have) {
-        uint8_t hdr[PROTO_HDR_LEN];
-        struct evbuffer_ptr at;
+        const uint8_t *hdr = in + pos;
         uint32_t len;
 
         if (have - pos < tb + 4)
             return (uint32_t)(tb + 4 - (have - pos));
-        evbuffer_ptr_set(in, &at, pos, EVBUFFER_PTR_SET);
-        evbuffer_copyout_from(in, &at, hdr, tb + 4);
         len = ((uint32_t)hdr[tb] << 24) | ((uint32_t)hdr[tb + 1] << 16) |
               ((uint32_t)hdr[tb + 2] << 8) | hdr[tb + 3];
         if (len < 4 || len > INT32_MAX)
@@ -1412,7 +1409,7 @@ static void client_on_io(void *arg, IoEvent ev)
     case IO_READ:
         c->reads++;
         if (c->state == CL_LINGER) {
-            evbuffer_drain(c->io.in, evbuffer_get_length(c->io.in));
+            iobuf_drain(&c->io.in, iobuf_len(&c->io.in));
         } else if (c->state == CL_LOGIN) {
             client_login_input(c);
         } else {

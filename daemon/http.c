@@ -103,7 +103,7 @@ static void http_send(AdminConn *a, HttpAnswer *ans, bool head_only)
                  ans->status == 405 ? "Allow: GET, HEAD\r\n" : "");
     io_send(&a->io, head, (size_t)n);
     if (!head_only)
-        io_forward(&a->io, ans->body, len);
+        io_send(&a->io, evbuffer_pullup(ans->body, -1), len);
     admin_finish(a);
 }
 
@@ -165,34 +165,39 @@ static void http_request(AdminConn *a, char *line)
 
 void http_input(AdminConn *a)
 {
-    struct evbuffer_ptr end = evbuffer_search(a->io.in, "\r\n\r\n", 4, NULL);
-    struct evbuffer_ptr lf = evbuffer_search(a->io.in, "\n\n", 2, NULL);
-    size_t have = evbuffer_get_length(a->io.in);
+    const char *head = (const char *)iobuf_data(&a->io.in);
+    size_t have = iobuf_len(&a->io.in);
+    const char *end = have ? memmem(head, have, "\r\n\r\n", 4) : NULL;
+    const char *lf = have ? memmem(head, have, "\n\n", 2) : NULL;
+    const char *nl;
     char line[1024];
-    size_t eol_len;
-    struct evbuffer_ptr eol;
+    size_t eol;
 
     /* The head ends at the first blank line, CRLF or bare LF: not at a later
      * CRLF one, which would make the answer depend on how the bytes arrived. */
-    if (end.pos < 0 || (lf.pos >= 0 && lf.pos < end.pos))
+    if (!end || (lf && lf < end))
         end = lf;
-    if (end.pos < 0) {
+    if (!end) {
         /* Not yet: the last 3 bytes may begin a "\r\n\r\n" at the limit. */
         if (have > HTTP_MAX_HEAD + 3)
             http_fail(a, 431, "request head too large");
         return;
     }
-    if ((size_t)end.pos > HTTP_MAX_HEAD) {
+    if ((size_t)(end - head) > HTTP_MAX_HEAD) {
         http_fail(a, 431, "request head too large");
         return;
     }
-    eol = evbuffer_search_eol(a->io.in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-    if (eol.pos < 0 || (size_t)eol.pos >= sizeof(line)) {
+    /* the request line ends at its LF, or at the CR before it */
+    nl = memchr(head, '\n', have);
+    eol = (size_t)(nl - head);
+    if (eol > 0 && head[eol - 1] == '\r')
+        eol--;
+    if (eol >= sizeof(line)) {
         http_fail(a, 400, "request line missing or too long");
         return;
     }
-    evbuffer_copyout(a->io.in, line, (size_t)eol.pos);
-    line[eol.pos] = '\0';
-    evbuffer_drain(a->io.in, evbuffer_get_length(a->io.in));
+    memcpy(line, head, eol);
+    line[eol] = '\0';
+    iobuf_drain(&a->io.in, iobuf_len(&a->io.in));
     http_request(a, line);
 }

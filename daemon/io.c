@@ -17,27 +17,48 @@
 #define IO_READS_PER_EVENT 4
 
 static void io_on_readable(evutil_socket_t fd, short what, void *arg);
+static void io_tls_fail(Io *io);
+static void io_fail(Io *io, int err);
 
 /*
- * libevent's memory, with freed buffer chains kept for reuse. A read into
- * an empty evbuffer makes libevent allocate a chain (IO_READ_CHUNK and its
- * header, rounded up to a power of two: 32 KiB), and draining the buffer
- * frees it again: twice per proxied round trip, each time through malloc's
- * slow path for a block that size (malloc's own per-thread cache stops at
- * about 1 KiB). Freed blocks of 4 to 64 KiB are kept per power of two and
- * thread, by their usable size; anything else is malloc's. Many are kept:
- * every client waiting for a server holds a chain with its first message,
- * and under a pool too small for its clients (256 pgbench clients on 20
- * connections) hundreds are taken and given back each second.
+ * Buffer blocks, with freed ones kept for reuse: a read into an empty
+ * buffer takes a block and draining it gives the block back, twice per
+ * proxied round trip, and malloc's slow path for a block that size (its own
+ * per-thread cache stops at about 1 KiB) would run each time. Blocks of 4
+ * to 64 KiB are kept per power of two and thread; anything else is
+ * malloc's. Many are kept: every client waiting for a server holds one with
+ * its first message, and under a pool too small for its clients (256
+ * pgbench clients on 20 connections) hundreds are taken and given back each
+ * second. libevent's own allocations (the evbuffers of TLS connections and
+ * of admin replies) go through the same cache. The sanitizer build keeps
+ * none, so that a use after a drain is a use after free it can see.
  */
 #define IO_MM_MIN_SHIFT 12
 #define IO_MM_MAX_SHIFT 16
-#define IO_MM_KEEP      256 /* blocks kept per size: at most 8 MiB of 32 KiB chains */
+#if defined(__SANITIZE_ADDRESS__)
+#define IO_MM_KEEP 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IO_MM_KEEP 0
+#endif
+#endif
+#ifndef IO_MM_KEEP
+#define IO_MM_KEEP 256 /* blocks kept per size: at most 4 MiB of 16 KiB blocks */
+#endif
 
 static __thread struct {
-    void *blk[IO_MM_KEEP];
+    void *blk[IO_MM_KEEP > 0 ? IO_MM_KEEP : 1];
     int n;
 } io_mm_cache[IO_MM_MAX_SHIFT - IO_MM_MIN_SHIFT + 1];
+
+/* The cache class of a block of exactly size bytes, or -1. */
+static inline int io_mm_class(size_t size)
+{
+    if (size < ((size_t)1 << IO_MM_MIN_SHIFT) || size > ((size_t)1 << IO_MM_MAX_SHIFT) ||
+        (size & (size - 1)) != 0)
+        return -1;
+    return 63 - __builtin_clzl(size) - IO_MM_MIN_SHIFT;
+}
 
 static void *io_mm_malloc(size_t size)
 {
@@ -50,22 +71,31 @@ static void *io_mm_malloc(size_t size)
     return malloc(size);
 }
 
+/* Keep p (at least 2^(k + MIN) bytes) in class k, or free it. */
+static void io_mm_keep(void *p, int k)
+{
+#if IO_MM_KEEP > 0
+    if (k >= 0 && io_mm_cache[k].n < IO_MM_KEEP) {
+        io_mm_cache[k].blk[io_mm_cache[k].n++] = p;
+        return;
+    }
+#else
+    (void)k;
+#endif
+    free(p);
+}
+
 static void io_mm_free(void *p)
 {
     size_t usable;
-    int k;
 
     if (!p)
         return;
     usable = malloc_usable_size(p);
-    if (usable >= ((size_t)1 << IO_MM_MIN_SHIFT) && usable < ((size_t)2 << IO_MM_MAX_SHIFT)) {
-        k = 63 - __builtin_clzl(usable) - IO_MM_MIN_SHIFT;
-        if (io_mm_cache[k].n < IO_MM_KEEP) {
-            io_mm_cache[k].blk[io_mm_cache[k].n++] = p;
-            return;
-        }
-    }
-    free(p);
+    if (usable >= ((size_t)1 << IO_MM_MIN_SHIFT) && usable < ((size_t)2 << IO_MM_MAX_SHIFT))
+        io_mm_keep(p, 63 - __builtin_clzl(usable) - IO_MM_MIN_SHIFT);
+    else
+        free(p);
 }
 
 void io_global_init(void)
@@ -80,36 +110,85 @@ void io_global_free(void)
             free(io_mm_cache[k].blk[--io_mm_cache[k].n]);
 }
 
-/*
- * Send up to n bytes from the front of buf with one sendmsg() and drain what
- * went out. Sockets only: sendmsg skips the VFS layer that write()/writev()
- * go through, and MSG_NOSIGNAL spares a SIGPIPE. Returns bytes sent or -1.
- */
-static ssize_t io_send_from(int fd, struct evbuffer *buf, size_t n)
+void iobuf_release(IoBuf *b)
 {
-    struct evbuffer_iovec v[16];
-    struct iovec iov[16];
-    struct msghdr msg;
-    int nv = evbuffer_peek(buf, (ev_ssize_t)n, NULL, v, 16);
-    size_t left = n;
-    ssize_t w;
+    if (b->data)
+        io_mm_keep(b->data, io_mm_class(b->cap));
+    memset(b, 0, sizeof(*b));
+}
 
-    if (nv > 16)
-        nv = 16;
-    for (int i = 0; i < nv; i++) {
-        iov[i].iov_base = v[i].iov_base;
-        iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-        left -= iov[i].iov_len;
+uint8_t *iobuf_reserve(IoBuf *b, size_t n)
+{
+    size_t cap;
+    uint8_t *data;
+
+    if (b->data && b->cap - b->off - b->len >= n)
+        return b->data + b->off + b->len;
+    /* Moving the live bytes to the front is worth it when it frees at least
+     * as much as it copies (so each byte is moved a bounded number of times). */
+    if (b->off >= b->len && b->len + n <= b->cap) {
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+        return b->data + b->len;
     }
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = iov;
-    msg.msg_iovlen = (size_t)nv;
-    w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > SIZE_MAX / 4 - b->len)
+        return NULL;
+    for (cap = (size_t)1 << IO_MM_MIN_SHIFT; cap < b->len + n; cap <<= 1)
+        ;
+    data = io_mm_malloc(cap);
+    if (!data)
+        return NULL;
+    if (b->len)
+        memcpy(data, b->data + b->off, b->len);
+    if (b->data)
+        io_mm_keep(b->data, io_mm_class(b->cap));
+    b->data = data;
+    b->off = 0;
+    b->cap = cap;
+    return data + b->len;
+}
+
+bool iobuf_add(IoBuf *b, const void *src, size_t n)
+{
+    uint8_t *room;
+
+    if (n == 0)
+        return true;
+    room = iobuf_reserve(b, n);
+    if (!room)
+        return false;
+    memcpy(room, src, n);
+    b->len += n;
+    return true;
+}
+
+/*
+ * Send up to n bytes from the front of buf with one send() and drain what
+ * went out. MSG_NOSIGNAL spares a SIGPIPE. Returns bytes sent or -1.
+ */
+static ssize_t io_send_from(int fd, IoBuf *buf, size_t n)
+{
+    ssize_t w = send(fd, buf->data + buf->off, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+
     if (w > 0)
-        evbuffer_drain(buf, (size_t)w);
+        iobuf_drain(buf, (size_t)w);
     return w;
 }
+
 static void io_on_writable(evutil_socket_t fd, short what, void *arg);
+
+/* Take the plain socket's events off the loop (they live in the Io). */
+static void io_drop_events(Io *io)
+{
+    if (io->rev) {
+        event_del(io->rev);
+        io->rev = NULL;
+    }
+    if (io->wev) {
+        event_del(io->wev);
+        io->wev = NULL;
+    }
+}
 
 bool io_init(Io *io, struct event_base *base, int fd, IoHandler handler, void *owner)
 {
@@ -118,15 +197,14 @@ bool io_init(Io *io, struct event_base *base, int fd, IoHandler handler, void *o
     io->base = base;
     io->handler = handler;
     io->owner = owner;
-    io->in = evbuffer_new();
-    io->out = evbuffer_new();
-    io->rev = event_new(base, fd, EV_READ | EV_PERSIST, io_on_readable, io);
-    io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, io_on_writable, io);
-    if (!io->in || !io->out || !io->rev || !io->wev) {
-        io_close(io);
-        io_free(io);
+    if (event_assign(&io->rev_ev, base, fd, EV_READ | EV_PERSIST, io_on_readable, io) < 0 ||
+        event_assign(&io->wev_ev, base, fd, EV_WRITE | EV_PERSIST, io_on_writable, io) < 0) {
+        io->fd = -1; /* the caller still owns fd */
+        io->closed = true;
         return false;
     }
+    io->rev = &io->rev_ev;
+    io->wev = &io->wev_ev;
     return true;
 }
 
@@ -151,14 +229,7 @@ void io_close(Io *io)
         io->bev = NULL;
         io->fd = -1;
     }
-    if (io->rev) {
-        event_free(io->rev);
-        io->rev = NULL;
-    }
-    if (io->wev) {
-        event_free(io->wev);
-        io->wev = NULL;
-    }
+    io_drop_events(io);
     if (io->fd >= 0) {
         close(io->fd);
         io->fd = -1;
@@ -167,11 +238,8 @@ void io_close(Io *io)
 
 void io_free(Io *io)
 {
-    if (io->in)
-        evbuffer_free(io->in);
-    if (io->out)
-        evbuffer_free(io->out);
-    io->in = io->out = NULL;
+    iobuf_release(&io->in);
+    iobuf_release(&io->out);
 }
 
 void io_read(Io *io, bool on)
@@ -201,13 +269,17 @@ static void io_flush(Io *io)
         return;
     if (io->bev) {
         struct evbuffer *bout = bufferevent_get_output(io->bev);
-        evbuffer_add_buffer(bout, io->out);
+        if (io->out.len > 0 && evbuffer_add(bout, iobuf_data(&io->out), io->out.len) < 0) {
+            io_fail(io, ENOMEM);
+            return;
+        }
+        iobuf_drain(&io->out, io->out.len);
         if (evbuffer_get_length(bout) > IO_HIGH_WATERMARK)
             io->congested = true;
         return;
     }
-    if (evbuffer_get_length(io->out) > 0 && !io->connecting) {
-        ssize_t n = io_send_from(io->fd, io->out, evbuffer_get_length(io->out));
+    if (io->out.len > 0 && !io->connecting) {
+        ssize_t n = io_send_from(io->fd, &io->out, io->out.len);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             io->err = errno;
             /* Reported from the write event, in this io's own callback. */
@@ -215,7 +287,7 @@ static void io_flush(Io *io)
             return;
         }
     }
-    left = evbuffer_get_length(io->out);
+    left = io->out.len;
     if (left > 0) {
         if (!event_pending(io->wev, EV_WRITE, NULL))
             event_add(io->wev, NULL);
@@ -226,52 +298,69 @@ static void io_flush(Io *io)
     }
 }
 
+/* Output that cannot be kept (out of memory) ends the connection: reported
+ * as IO_ERROR from the write event, in the io's own callback. */
+static void io_fail(Io *io, int err)
+{
+    if (io->err == 0)
+        io->err = err;
+    if (io->wev)
+        event_active(io->wev, EV_WRITE, 0);
+    else if (io->bev)
+        io_tls_fail(io);
+}
+
 void io_queue(Io *io, const void *data, size_t len)
 {
     if (io->closed)
         return;
     io->out_total += len;
-    evbuffer_add(io->out, data, len);
+    if (!iobuf_add(&io->out, data, len))
+        io_fail(io, ENOMEM);
 }
 
 void io_push(Io *io)
 {
-    if (evbuffer_get_length(io->out) > 0)
+    if (io->out.len > 0)
         io_flush(io);
 }
 
 void io_send(Io *io, const void *data, size_t len)
 {
-    if (io->closed)
-        return;
-    io->out_total += len;
-    evbuffer_add(io->out, data, len);
-    io_flush(io);
+    io_queue(io, data, len);
+    io_push(io);
 }
 
-void io_forward(Io *io, struct evbuffer *src, size_t n)
+void io_forward(Io *io, IoBuf *src, size_t n)
 {
     if (n == 0)
         return;
+    if (n > src->len)
+        n = src->len;
     if (io->closed) {
-        evbuffer_drain(src, n);
+        iobuf_drain(src, n);
         return;
     }
     io->out_total += n;
-    if (evbuffer_get_length(io->out) == 0 && !io->connecting && !io->bev) {
+    if (io->out.len == 0 && !io->connecting && !io->bev) {
         ssize_t w = io_send_from(io->fd, src, n);
         if (w > 0)
             n -= (size_t)w;
         if (n == 0)
             return;
     }
-    evbuffer_remove_buffer(src, io->out, n);
+    if (!iobuf_add(&io->out, iobuf_data(src), n)) {
+        iobuf_drain(src, n);
+        io_fail(io, ENOMEM);
+        return;
+    }
+    iobuf_drain(src, n);
     io_flush(io);
 }
 
 size_t io_pending_output(const Io *io)
 {
-    size_t n = io->out ? evbuffer_get_length(io->out) : 0;
+    size_t n = io->out.len;
     if (io->bev)
         n += evbuffer_get_length(bufferevent_get_output(io->bev));
     return n;
@@ -288,24 +377,37 @@ static void io_on_readable(evutil_socket_t fd, short what, void *arg)
     int i;
 
     for (i = 0; i < IO_READS_PER_EVENT; i++) {
-        struct evbuffer_iovec v;
+        uint8_t *room = iobuf_reserve(&io->in, IO_READ_CHUNK);
+        size_t want;
         ssize_t n;
 
-        if (evbuffer_reserve_space(io->in, IO_READ_CHUNK, &v, 1) < 1)
-            break;
-        n = recv(fd, v.iov_base, v.iov_len, MSG_DONTWAIT);
+        if (!room) {
+            /* Out of memory: what is in the buffer is handed over, and the
+             * connection ends as a socket error would end it. */
+            if (io->in.len > 0) {
+                io->handler(io->owner, IO_READ);
+                if (io->closed)
+                    return;
+            }
+            io->err = ENOMEM;
+            io_read(io, false);
+            io->handler(io->owner, IO_ERROR);
+            return;
+        }
+        want = io->in.cap - io->in.off - io->in.len;
+        n = recv(fd, room, want, MSG_DONTWAIT);
         if (n > 0) {
-            v.iov_len = (size_t)n;
-            evbuffer_commit_space(io->in, &v, 1);
-            if ((size_t)n < IO_READ_CHUNK)
+            iobuf_commit(&io->in, (size_t)n);
+            if ((size_t)n < want)
                 break;
             continue;
         }
-        evbuffer_commit_space(io->in, &v, 0);
+        if (io->in.len == 0)
+            iobuf_release(&io->in);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             break;
         /* EOF or error: hand over what was read first. */
-        if (i > 0 || evbuffer_get_length(io->in) > 0) {
+        if (i > 0 || io->in.len > 0) {
             io->handler(io->owner, IO_READ);
             if (io->closed)
                 return;
@@ -346,81 +448,46 @@ static void io_on_writable(evutil_socket_t fd, short what, void *arg)
     io_flush(io);
     if (io->err)
         return; /* reported on the activation io_flush scheduled */
-    if (io->congested && evbuffer_get_length(io->out) <= IO_HIGH_WATERMARK / 2) {
+    if (io->congested && io->out.len <= IO_HIGH_WATERMARK / 2) {
         io->congested = false;
         io->handler(io->owner, IO_DRAINED);
     }
 }
 
-void io_cursor_init(IoCursor *c, struct evbuffer *buf)
+/* Move what OpenSSL decrypted into io->in; false (and IO_ERROR told) if
+ * memory ran out. */
+static bool io_tls_take_input(Io *io, struct bufferevent *bev)
 {
-    int i;
+    struct evbuffer *bin = bufferevent_get_input(bev);
+    size_t n = evbuffer_get_length(bin);
+    uint8_t *room;
 
-    c->nvec = evbuffer_peek(buf, -1, NULL, c->vec, 32);
-    if (c->nvec > 32)
-        c->nvec = 32;
-    c->idx = 0;
-    c->off = 0;
-    c->pos = 0;
-    c->avail = 0;
-    for (i = 0; i < c->nvec; i++)
-        c->avail += c->vec[i].iov_len;
-}
-
-bool io_cursor_peek_at(const IoCursor *c, size_t skip, void *dst, size_t len)
-{
-    uint8_t *d = dst;
-    int idx = c->idx;
-    size_t off = c->off;
-
-    if (io_cursor_left(c) < skip || io_cursor_left(c) - skip < len)
+    if (n == 0)
+        return true;
+    room = iobuf_reserve(&io->in, n);
+    if (!room) {
+        io->err = ENOMEM;
+        snprintf(io->tls_error, sizeof(io->tls_error), "out of memory");
+        io->handler(io->owner, IO_ERROR);
         return false;
-    while (skip > 0) {
-        size_t here = c->vec[idx].iov_len - off;
-        if (here > skip) {
-            off += skip;
-            break;
-        }
-        skip -= here;
-        idx++;
-        off = 0;
     }
-    while (len > 0) {
-        size_t here = c->vec[idx].iov_len - off;
-        if (here > len)
-            here = len;
-        memcpy(d, (const uint8_t *)c->vec[idx].iov_base + off, here);
-        d += here;
-        len -= here;
-        off += here;
-        if (off == c->vec[idx].iov_len) {
-            idx++;
-            off = 0;
-        }
-    }
+    evbuffer_remove(bin, room, n);
+    iobuf_commit(&io->in, n);
     return true;
 }
 
-void io_cursor_skip(IoCursor *c, size_t n)
+/* Report io->err from the bufferevent's own (deferred) event callback. */
+static void io_tls_fail(Io *io)
 {
-    c->pos += n;
-    while (n > 0 && c->idx < c->nvec) {
-        size_t here = c->vec[c->idx].iov_len - c->off;
-        if (here > n) {
-            c->off += n;
-            return;
-        }
-        n -= here;
-        c->idx++;
-        c->off = 0;
-    }
+    bufferevent_trigger_event(io->bev, BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 static void io_tls_read_cb(struct bufferevent *bev, void *arg)
 {
     Io *io = arg;
 
-    evbuffer_add_buffer(io->in, bufferevent_get_input(bev));
+    if (!io_tls_take_input(io, bev))
+        return;
     io->handler(io->owner, IO_READ);
 }
 
@@ -445,13 +512,19 @@ static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     /* Bytes that arrived with the close are handed over first. */
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
-        evbuffer_add_buffer(io->in, bufferevent_get_input(bev));
+        if (!io_tls_take_input(io, bev))
+            return;
         io->handler(io->owner, IO_READ);
         if (io->closed)
             return;
     }
     if (what & BEV_EVENT_EOF) {
         io->handler(io->owner, IO_EOF);
+        return;
+    }
+    if (io->err == ENOMEM) { /* io_fail: output that could not be kept */
+        snprintf(io->tls_error, sizeof(io->tls_error), "out of memory");
+        io->handler(io->owner, IO_ERROR);
         return;
     }
     e = bufferevent_get_openssl_error(bev);
@@ -466,13 +539,11 @@ static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
 
 bool io_start_tls(Io *io, SSL *ssl, bool accept)
 {
-    if (io->closed || evbuffer_get_length(io->out) > 0) {
+    if (io->closed || io->out.len > 0) {
         SSL_free(ssl);
         return false;
     }
-    event_free(io->rev);
-    event_free(io->wev);
-    io->rev = io->wev = NULL;
+    io_drop_events(io);
     io->bev = bufferevent_openssl_socket_new(
         io->base, io->fd, ssl, accept ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
         BEV_OPT_CLOSE_ON_FREE);

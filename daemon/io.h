@@ -1,14 +1,15 @@
 /*
- * The one I/O boundary: a socket with an input and an output evbuffer,
+ * The one I/O boundary: a socket with an input and an output buffer,
  * reporting the project's own small event enum to its owner. Plain sockets
  * are read and written here directly (one syscall per read, writes tried at
- * once); TLS will differ only behind these functions.
+ * once); TLS differs only behind these functions.
  */
 #ifndef PGC_DAEMON_IO_H
 #define PGC_DAEMON_IO_H
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +27,72 @@ typedef enum {
 /* Output above this makes the owner stop reading from the other side. */
 #define IO_HIGH_WATERMARK (256 * 1024)
 
+/*
+ * A connection's bytes in one flat block: the live ones at data[off ..
+ * off + len), room after them. Not an evbuffer: the relay reads, parses and
+ * forwards a few small messages per round trip, and evbuffer's chains cost
+ * ~7,000 instructions and dozens of cache misses per pgbench TPC-B
+ * transaction in reserve/commit/peek/drain alone (bench/cpu_counts.py). The
+ * block comes from io.c's cache of power-of-two blocks and goes back when
+ * the buffer empties, so an idle connection holds none; it grows (doubling)
+ * when a message needs more, and live bytes move to the front only when
+ * that frees at least as much as it copies.
+ */
+typedef struct IoBuf {
+    uint8_t *data;
+    size_t off, len, cap;
+} IoBuf;
+
+static inline size_t iobuf_len(const IoBuf *b)
+{
+    return b->len;
+}
+/* The live bytes, contiguous; NULL when there are none. */
+static inline const uint8_t *iobuf_data(const IoBuf *b)
+{
+    return b->len ? b->data + b->off : NULL;
+}
+/* Give the block back (the buffer must be empty, or its bytes are dropped). */
+void iobuf_release(IoBuf *b);
+/* Drop the first n bytes (all of them when n >= len). */
+static inline void iobuf_drain(IoBuf *b, size_t n)
+{
+    if (n < b->len) {
+        b->off += n;
+        b->len -= n;
+        return;
+    }
+    b->len = 0;
+    b->off = 0;
+    iobuf_release(b);
+}
+/* Copy up to n bytes from the front; returns how many. */
+static inline size_t iobuf_copyout(const IoBuf *b, void *dst, size_t n)
+{
+    if (n > b->len)
+        n = b->len;
+    if (n)
+        memcpy(dst, b->data + b->off, n);
+    return n;
+}
+/* Copy up to n bytes from the front and drain them; returns how many. */
+static inline size_t iobuf_remove(IoBuf *b, void *dst, size_t n)
+{
+    n = iobuf_copyout(b, dst, n);
+    iobuf_drain(b, n);
+    return n;
+}
+/* Room for at least n bytes after the live ones; NULL if memory ran out.
+ * Pointers into the buffer are stale after it. */
+uint8_t *iobuf_reserve(IoBuf *b, size_t n) __attribute__((warn_unused_result));
+/* Count n bytes written into the reserved room as live. */
+static inline void iobuf_commit(IoBuf *b, size_t n)
+{
+    b->len += n;
+}
+/* Append n bytes; false if memory ran out (nothing appended). */
+bool iobuf_add(IoBuf *b, const void *src, size_t n) __attribute__((warn_unused_result));
+
 struct Io;
 struct ssl_st;
 struct bufferevent;
@@ -35,10 +102,14 @@ typedef struct Io {
     int fd;
     struct event_base *base;
     struct bufferevent *bev; /* TLS: libevent's OpenSSL bufferevent owns the socket */
-    struct event *rev;
+    struct event *rev;       /* &rev_ev while the plain socket's events are set */
     struct event *wev;
-    struct evbuffer *in;
-    struct evbuffer *out;
+    /* Inside the Io, not allocated: the events are read on every wakeup,
+     * and next to the buffers they are in lines that are read anyway. */
+    struct event rev_ev;
+    struct event wev_ev;
+    IoBuf in;
+    IoBuf out;
     IoHandler handler;
     void *owner;
     int err;
@@ -57,7 +128,8 @@ void io_global_init(void);
 /* Free the calling thread's cached chains; at exit, after the event loops. */
 void io_global_free(void);
 
-/* Wrap fd (already non-blocking). Returns false on allocation failure. */
+/* Wrap fd (already non-blocking). Returns false if libevent refuses it; fd
+ * is then still the caller's to close. */
 bool io_init(struct Io *io, struct event_base *base, int fd, IoHandler handler, void *owner)
     __attribute__((warn_unused_result));
 /* Start a non-blocking connect; IO_CONNECTED or IO_ERROR follows. */
@@ -86,7 +158,7 @@ void io_queue(struct Io *io, const void *data, size_t len);
 void io_push(struct Io *io);
 /* Forward the first n bytes of src: written straight from src when the
  * output is empty, queued otherwise. src is drained by n. */
-void io_forward(struct Io *io, struct evbuffer *src, size_t n);
+void io_forward(struct Io *io, IoBuf *src, size_t n);
 size_t io_pending_output(const struct Io *io);
 /* True when nothing waits to be written. */
 bool io_flushed(const struct Io *io);
@@ -96,43 +168,53 @@ static inline uint64_t io_sent(const struct Io *io)
     return io->out_total - io_pending_output(io);
 }
 
-/* Walks the bytes of an evbuffer without copying it whole. */
+/* Walks the bytes of a buffer without moving them (valid until the buffer
+ * is drained or grows). */
 typedef struct IoCursor {
-    struct evbuffer_iovec vec[32];
-    int nvec;
-    int idx;      /* current vector */
-    size_t off;   /* offset inside it */
-    size_t pos;   /* absolute position */
-    size_t avail; /* bytes covered by vec[] */
+    const uint8_t *p;
+    size_t pos;   /* offset from p */
+    size_t avail; /* bytes at p */
 } IoCursor;
 
-void io_cursor_init(IoCursor *c, struct evbuffer *buf);
-/* Copy len bytes from skip bytes past the cursor into dst without moving;
- * false if fewer are covered. */
-bool io_cursor_peek_at(const IoCursor *c, size_t skip, void *dst, size_t len);
-/* Move forward by n covered bytes (n <= remaining). */
-void io_cursor_skip(IoCursor *c, size_t n);
+static inline void io_cursor_init(IoCursor *c, const IoBuf *buf)
+{
+    c->p = iobuf_data(buf);
+    c->pos = 0;
+    c->avail = buf->len;
+}
 static inline size_t io_cursor_left(const IoCursor *c)
 {
     return c->avail - c->pos;
 }
-/* The len bytes from skip bytes past the cursor, in place, when they lie in
- * the cursor's current vector; else NULL (copy them with io_cursor_peek_at). */
+/* Move forward by n bytes (n <= io_cursor_left). */
+static inline void io_cursor_skip(IoCursor *c, size_t n)
+{
+    c->pos += n;
+}
+/* The len bytes from skip bytes past the cursor, in place; NULL if fewer
+ * are there. */
 static inline const uint8_t *io_cursor_span(const IoCursor *c, size_t skip, size_t len)
 {
-    if (c->idx < c->nvec && c->vec[c->idx].iov_len - c->off >= skip &&
-        c->vec[c->idx].iov_len - c->off - skip >= len)
-        return (const uint8_t *)c->vec[c->idx].iov_base + c->off + skip;
-    return NULL;
+    size_t left = io_cursor_left(c);
+
+    if (!c->p || left < skip || left - skip < len)
+        return NULL;
+    return c->p + c->pos + skip;
 }
-/* Copy len bytes at the cursor into dst without moving; false if fewer are
- * covered. Inline for the common case of a header within one vector. */
+/* Copy len bytes from skip bytes past the cursor into dst without moving;
+ * false if fewer are there. */
+static inline bool io_cursor_peek_at(const IoCursor *c, size_t skip, void *dst, size_t len)
+{
+    const uint8_t *at = io_cursor_span(c, skip, len);
+
+    if (!at)
+        return false;
+    if (len)
+        memcpy(dst, at, len);
+    return true;
+}
 static inline bool io_cursor_peek(const IoCursor *c, void *dst, size_t len)
 {
-    if (c->idx < c->nvec && c->vec[c->idx].iov_len - c->off >= len) {
-        memcpy(dst, (const uint8_t *)c->vec[c->idx].iov_base + c->off, len);
-        return true;
-    }
     return io_cursor_peek_at(c, 0, dst, len);
 }
 

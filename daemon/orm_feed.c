@@ -362,13 +362,13 @@ bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *c
         return true;
     if (len > ORM_MAX_MSG || io_cursor_left(cur) >= PROTO_HDR_LEN + (size_t)len)
         return true;
-    if (evbuffer_get_length(c->io.in) < *fwd + PROTO_HDR_LEN + len)
+    if (iobuf_len(&c->io.in) < *fwd + PROTO_HDR_LEN + len)
         return false;
     /* All there but past the cursor's vectors: cover it from its start. */
     s->pool->stats.bytes_in += *fwd;
-    io_forward(&s->io, c->io.in, *fwd);
+    io_forward(&s->io, &c->io.in, *fwd);
     *fwd = 0;
-    io_cursor_init(cur, c->io.in);
+    io_cursor_init(cur, &c->io.in);
     return true;
 }
 
@@ -792,14 +792,14 @@ static const uint8_t *server_body(Server *s, uint32_t len, IoCursor *cur, size_t
     if (len > ORM_MAX_MSG)
         return NULL;
     if (io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len) {
-        if (evbuffer_get_length(s->io.in) < *fwd + PROTO_HDR_LEN + len) {
+        if (iobuf_len(&s->io.in) < *fwd + PROTO_HDR_LEN + len) {
             *wait = true;
             return NULL;
         }
         s->pool->stats.bytes_out += *fwd;
-        io_forward(&s->client->io, s->io.in, *fwd);
+        io_forward(&s->client->io, &s->io.in, *fwd);
         *fwd = 0;
-        io_cursor_init(cur, s->io.in);
+        io_cursor_init(cur, &s->io.in);
         if (io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
             return NULL;
     }

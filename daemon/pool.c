@@ -127,7 +127,7 @@ static bool server_socket_dead(Server *s)
     struct pollfd pfd = {.fd = s->io.fd, .events = POLLIN | POLLRDHUP};
 
     /* Any byte from an idle server is a goodbye (FATAL) or a protocol breach. */
-    if (evbuffer_get_length(s->io.in) > 0)
+    if (iobuf_len(&s->io.in) > 0)
         return true;
     return poll(&pfd, 1, 0) != 0;
 }

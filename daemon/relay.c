@@ -131,7 +131,7 @@ static bool server_internal_input(Server *s)
         default:
             break;
         }
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
     }
     if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL)
         return false; /* need more bytes */
@@ -173,7 +173,7 @@ void server_idle_input(Server *s)
         }
         if (type == 'S')
             server_note_param(s, body, len);
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
     }
 }
 
@@ -227,7 +227,7 @@ static bool rq_settle(Server *s, size_t *fwd)
             it->kind != RQ_FAKE_DEALLOCATE)
             break;
         if (*fwd > 0) {
-            io_forward(&s->client->io, s->io.in, *fwd);
+            io_forward(&s->client->io, &s->io.in, *fwd);
             *fwd = 0;
         }
         b = worker_pkt(s->w);
@@ -315,7 +315,7 @@ void server_relay(Server *s)
         server_idle_input(s);
         return;
     }
-    io_cursor_init(&cur, s->io.in);
+    io_cursor_init(&cur, &s->io.in);
     for (;;) {
         RqItem *head;
         bool swallow = false;
@@ -332,41 +332,41 @@ void server_relay(Server *s)
             continue;
         }
         if (rq_settle_due(s) && rq_settle(s, &fwd)) {
-            io_cursor_init(&cur, s->io.in);
+            io_cursor_init(&cur, &s->io.in);
             io_cursor_skip(&cur, fwd);
         }
         if (batch_item(rq_head(s))) {
             /* The proxy's batched statement for the client's N+1 loop. */
             if (fwd > 0) {
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 fwd = 0;
             }
             if (!batch_server_input(s) || s->client != c)
                 return;
-            io_cursor_init(&cur, s->io.in);
+            io_cursor_init(&cur, &s->io.in);
             continue;
         }
         if (cache_item(rq_head(s))) {
             /* The client's statement run by the cache for a fill. */
             if (fwd > 0) {
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 fwd = 0;
             }
             if (!cache_server_input(s) || s->client != c)
                 return;
-            io_cursor_init(&cur, s->io.in);
+            io_cursor_init(&cur, &s->io.in);
             continue;
         }
         if (rq_head(s) && rq_head(s)->kind == RQ_INTERNAL) {
             /* The proxy's own query queued behind the client's (a re-sync
              * after RESET): its answers are swallowed. */
             if (fwd > 0) {
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 fwd = 0;
             }
             if (!server_internal_input(s) || s->client != c)
                 return;
-            io_cursor_init(&cur, s->io.in);
+            io_cursor_init(&cur, &s->io.in);
             continue;
         }
         if (!io_cursor_peek(&cur, hdr, PROTO_HDR_LEN))
@@ -387,7 +387,7 @@ void server_relay(Server *s)
                 /* The commit's cache invalidations must be in Redis before the
                  * client hears of it; cache.c relays again once they are. */
                 s->pool->stats.bytes_out += fwd;
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 io_read(&s->io, false);
                 return;
             }
@@ -407,7 +407,7 @@ void server_relay(Server *s)
             if (server_releasable(s)) {
                 fwd += PROTO_HDR_LEN + len;
                 s->pool->stats.bytes_out += fwd;
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 server_end_of_transaction(s);
                 return;
             }
@@ -450,7 +450,7 @@ void server_relay(Server *s)
                 if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
                     goto out;
                 if (fwd > 0) {
-                    io_forward(&c->io, s->io.in, fwd);
+                    io_forward(&c->io, &s->io.in, fwd);
                     fwd = 0;
                 }
                 b = worker_pkt(s->w);
@@ -459,8 +459,8 @@ void server_relay(Server *s)
                 io_send(&c->io, b->data, b->len);
                 rq_pop(s);
                 s->skip_until_sync = true;
-                evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
-                io_cursor_init(&cur, s->io.in);
+                iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
+                io_cursor_init(&cur, &s->io.in);
                 continue;
             }
             if (head && head->kind != RQ_QUERY) {
@@ -487,18 +487,18 @@ void server_relay(Server *s)
         }
         if (swallow) {
             if (fwd > 0) {
-                io_forward(&c->io, s->io.in, fwd);
+                io_forward(&c->io, &s->io.in, fwd);
                 fwd = 0;
             }
-            evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
-            io_cursor_init(&cur, s->io.in);
+            iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
+            io_cursor_init(&cur, &s->io.in);
             continue;
         }
         s->pkt_left = PROTO_HDR_LEN + len;
     }
 out:
     s->pool->stats.bytes_out += fwd;
-    io_forward(&c->io, s->io.in, fwd);
+    io_forward(&c->io, &s->io.in, fwd);
     if (c->io.congested)
         io_read(&s->io, false); /* resumed when the client drains */
 }

@@ -384,16 +384,16 @@ oom:
 int server_whole_message(Server *s, char *type, const uint8_t **body, uint32_t *len)
 {
     uint8_t hdr[PROTO_HDR_LEN];
-    size_t avail = evbuffer_get_length(s->io.in);
+    size_t avail = iobuf_len(&s->io.in);
 
     if (avail < PROTO_HDR_LEN)
         return 0;
-    evbuffer_copyout(s->io.in, hdr, PROTO_HDR_LEN);
+    iobuf_copyout(&s->io.in, hdr, PROTO_HDR_LEN);
     if (proto_frame_header(hdr, SERVER_MAX_WHOLE_MSG, type, len) != FRAME_OK)
         return -1;
     if (avail < PROTO_HDR_LEN + *len)
         return 0;
-    *body = evbuffer_pullup(s->io.in, PROTO_HDR_LEN + *len) + PROTO_HDR_LEN;
+    *body = iobuf_data(&s->io.in) + PROTO_HDR_LEN;
     return 1;
 }
 
@@ -471,10 +471,10 @@ static bool server_tls_answer(Server *s)
     uint8_t ch;
     struct ssl_st *ssl;
 
-    if (evbuffer_remove(s->io.in, &ch, 1) != 1)
+    if (iobuf_remove(&s->io.in, &ch, 1) != 1)
         return true;
     if (ch == 'S') {
-        if (evbuffer_get_length(s->io.in) > 0) {
+        if (iobuf_len(&s->io.in) > 0) {
             server_fail(s, "08P01", "server sent unencrypted data after agreeing to TLS");
             return false;
         }
@@ -543,14 +543,14 @@ static void server_login_input(Server *s)
         case 'v':
             break;
         case 'Z':
-            evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+            iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
             server_logged_in(s);
             return;
         default:
             server_fail(s, "08P01", "unexpected message '%c' from server during login", type);
             return;
         }
-        evbuffer_drain(s->io.in, PROTO_HDR_LEN + len);
+        iobuf_drain(&s->io.in, PROTO_HDR_LEN + len);
     }
 }
 
@@ -621,7 +621,7 @@ static void cancel_on_io(void *arg, IoEvent ev)
         return;
     }
     if (ev == IO_READ) {
-        evbuffer_drain(cc->io.in, evbuffer_get_length(cc->io.in));
+        iobuf_drain(&cc->io.in, iobuf_len(&cc->io.in));
         return;
     }
     if (ev == IO_DRAINED)

@@ -5,7 +5,7 @@
  * whose server is a unix socket that does not exist, so nothing ever
  * connects), and AdminConns made with admin_conn_new over an eventfd. Input
  * goes into a->io.in and a->io.handler(a, IO_READ) runs as the event loop
- * would; what the connection answers stays in a->io.out (sendmsg on an
+ * would; what the connection answers stays in a->io.out (send on an
  * eventfd fails), where the targets check and drain it. The event loop
  * itself never runs.
  *
@@ -101,7 +101,8 @@ static bool harness_feed(AdminConn *a, const uint8_t *p, size_t n)
 {
     if (a->state == ADM_CLOSING)
         return false;
-    evbuffer_add(a->io.in, p, n);
+    if (!iobuf_add(&a->io.in, p, n))
+        abort();
     a->io.handler(a->io.owner, IO_READ);
     return a->state != ADM_CLOSING;
 }

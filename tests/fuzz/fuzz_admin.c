@@ -81,8 +81,8 @@ static void check_frame(char type, const uint8_t *body, uint32_t len)
  * answers an SSLRequest. */
 static void check_output(AdminConn *a)
 {
-    size_t len = evbuffer_get_length(a->io.out);
-    const uint8_t *p = evbuffer_pullup(a->io.out, -1);
+    size_t len = iobuf_len(&a->io.out);
+    const uint8_t *p = iobuf_data(&a->io.out);
     size_t off = 0;
 
     while (off < len) {
@@ -99,7 +99,7 @@ static void check_output(AdminConn *a)
         check_frame(type, p + off + PROTO_HDR_LEN, blen);
         off += PROTO_HDR_LEN + blen;
     }
-    evbuffer_drain(a->io.out, len);
+    iobuf_drain(&a->io.out, len);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -133,7 +133,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bool open = harness_feed(a, data + off, n);
 
         if (http) {
-            evbuffer_drain(a->io.out, evbuffer_get_length(a->io.out));
+            iobuf_drain(&a->io.out, iobuf_len(&a->io.out));
         } else {
             check_output(a);
             /* the console stops reading while its answer is not written */

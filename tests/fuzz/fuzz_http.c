@@ -17,7 +17,7 @@
 /* The status of the one answer in out, checked and drained; 0 when none. */
 static int check_answer(AdminConn *a)
 {
-    size_t len = evbuffer_get_length(a->io.out);
+    size_t len = iobuf_len(&a->io.out);
     char *text, *end, *cl;
     int status = 0;
     unsigned long body_len;
@@ -29,7 +29,7 @@ static int check_answer(AdminConn *a)
     text = malloc(len + 1);
     if (!text)
         abort();
-    evbuffer_remove(a->io.out, text, len);
+    iobuf_remove(&a->io.out, text, len);
     text[len] = '\0';
     FUZZ_CHECK(sscanf(text, "HTTP/1.1 %3d ", &status) == 1 && status >= 200 && status < 600);
     end = strstr(text, "\r\n\r\n");

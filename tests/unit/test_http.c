@@ -26,9 +26,9 @@ static int http_status(const char *req, const size_t *cuts, int ncuts)
             break;
         from = cuts[i];
     }
-    len = evbuffer_get_length(a->io.out);
+    len = iobuf_len(&a->io.out);
     if (len >= 12) {
-        evbuffer_copyout(a->io.out, head, 12);
+        iobuf_copyout(&a->io.out, head, 12);
         sscanf(head, "HTTP/1.1 %d", &status);
     }
     harness_done(a);
