@@ -34,11 +34,9 @@ static const char *const reported[] = {
     "timezone",
 };
 
-/* One word (letters, digits, _, $) lower-cased into w; p advanced past blanks and comments. */
-static size_t next_word(const char *s, size_t n, size_t *p, char *w, size_t cap)
+/* The first byte at or after i that is not a blank or in a comment. */
+static size_t skip_space(const char *s, size_t n, size_t i)
 {
-    size_t i = *p, k = 0;
-
     for (;;) {
         while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
             i++;
@@ -51,9 +49,16 @@ static size_t next_word(const char *s, size_t n, size_t *p, char *w, size_t cap)
                 i++;
             i = i + 2 < n ? i + 2 : n;
         } else {
-            break;
+            return i;
         }
     }
+}
+
+/* One word (letters, digits, _, $) lower-cased into w; p advanced past blanks and comments. */
+static size_t next_word(const char *s, size_t n, size_t *p, char *w, size_t cap)
+{
+    size_t i = skip_space(s, n, *p), k = 0;
+
     while (i < n && k + 1 < cap) {
         unsigned char ch = (unsigned char)s[i], low = ch | 0x20; /* a letter in lower case */
         if (low >= 'a' && low <= 'z')
@@ -190,8 +195,26 @@ static inline bool word_is(const char *w, size_t k, const char *lit, size_t len)
 static const char *statement_effect(const char *s, size_t n)
 {
     char w[64];
-    size_t p = 0, k = next_word(s, n, &p, w, sizeof(w));
+    size_t p = skip_space(s, n, 0), k;
 
+    /* Only statements whose first word begins with one of these letters can
+     * leave anything (the words below): the others (UPDATE, INSERT, BEGIN,
+     * END, ...) are not even read. */
+    if (p >= n)
+        return NULL;
+    switch ((unsigned char)s[p] | 0x20) {
+    case 's':
+    case 'w':
+    case 't':
+    case 'l':
+    case 'p':
+    case 'd':
+    case 'c':
+        break;
+    default:
+        return NULL;
+    }
+    k = next_word(s, n, &p, w, sizeof(w));
     if (k == 0)
         return NULL;
     /* the most common first, and no string compares for the other words */
