@@ -470,13 +470,45 @@ static bool word_is(const char *s, size_t len, size_t i, const char *w)
 }
 
 /*
+ * Are the n bytes (2..16) at w those of lit? Two overlapping loads a side,
+ * which fold to constants for a literal: memcmp of 3, 5, 6 or 7 bytes is a
+ * call, and "and", "where", "select" are compared for many words.
+ */
+static HOT_INLINE bool same_short(const char *w, const char *lit, size_t n)
+{
+    uint64_t a, b, c, d;
+    uint32_t a4, b4, c4, d4;
+    uint16_t a2, b2, c2, d2;
+
+    if (n >= 8) {
+        memcpy(&a, w, 8);
+        memcpy(&b, lit, 8);
+        memcpy(&c, w + n - 8, 8);
+        memcpy(&d, lit + n - 8, 8);
+        return a == b && c == d;
+    }
+    if (n >= 4) {
+        memcpy(&a4, w, 4);
+        memcpy(&b4, lit, 4);
+        memcpy(&c4, w + n - 4, 4);
+        memcpy(&d4, lit + n - 4, 4);
+        return a4 == b4 && c4 == d4;
+    }
+    memcpy(&a2, w, 2);
+    memcpy(&b2, lit, 2);
+    memcpy(&c2, w + n - 2, 2);
+    memcpy(&d2, lit + n - 2, 2);
+    return a2 == b2 && c2 == d2;
+}
+
+/*
  * Keyword class of a lower-case word of n <= 11 bytes. A switch on the
  * length, then on the first letter, leaves one or two words to compare:
  * most words are no keyword, and they are out after the two jumps.
  */
 static HOT_INLINE int keyword(const char *w, size_t n)
 {
-#define IS(lit) (memcmp(w, lit, sizeof(lit) - 1) == 0) /* n, as the case says */
+#define IS(lit) same_short(w, lit, sizeof(lit) - 1) /* n, as the case says */
     switch (n) {
     case 2:
         switch (w[0]) {
@@ -541,13 +573,19 @@ static HOT_INLINE int keyword(const char *w, size_t n)
         }
         break;
     case 7:
-        return IS("between") ? KW_EXPR : KW_NONE;
+        return w[0] == 'b' && IS("between") ? KW_EXPR : KW_NONE;
     case 8:
-        return IS("interval") ? KW_TYPE : IS("distinct") ? KW_EXPR : KW_NONE;
+        switch (w[0]) {
+        case 'i':
+            return IS("interval") ? KW_TYPE : KW_NONE;
+        case 'd':
+            return IS("distinct") ? KW_EXPR : KW_NONE;
+        }
+        break;
     case 9:
-        return IS("timestamp") ? KW_TYPE : KW_NONE;
+        return w[0] == 't' && IS("timestamp") ? KW_TYPE : KW_NONE;
     case 11:
-        return IS("timestamptz") ? KW_TYPE : KW_NONE;
+        return w[0] == 't' && IS("timestamptz") ? KW_TYPE : KW_NONE;
     }
     return KW_NONE;
 #undef IS
@@ -1667,6 +1705,8 @@ uint64_t shape_lit_hash(const char *sql, const ShapeLit *lit, const ShapeValue *
     char buf[512];
     LitView v;
 
+    if (lit->kind == SHAPE_LIT_NUMBER) /* most literals: the value is the token as written */
+        return shape_hash_bytes(sql + lit->off, lit->len);
     if (lit->kind == SHAPE_LIT_BIND) {
         if (lit->bind == 0 || lit->bind > nbinds || binds[lit->bind - 1].len < 0)
             return SHAPE_HASH_NULL;
