@@ -436,6 +436,33 @@ static size_t scan_number(const char *s, size_t len, size_t i)
     return j;
 }
 
+/*
+ * scan_number for a number starting with a digit at i, with the common
+ * case inline: a run of digits that no ".", "_", exponent or radix letter
+ * follows ends where the run does, as scan_number would say.
+ */
+static HOT_INLINE size_t scan_number_fast(const char *s, size_t len, size_t i)
+{
+    size_t j = i + 1;
+    unsigned char c;
+
+    while (j < len && is_digit(s[j]))
+        j++;
+    if (j == len)
+        return j;
+    c = (unsigned char)s[j];
+    if (c == '.' || c == '_')
+        return scan_number(s, len, i);
+    switch (c | 0x20) {
+    case 'e':
+    case 'x':
+    case 'o':
+    case 'b':
+        return scan_number(s, len, i);
+    }
+    return j;
+}
+
 /* The next index at or after j that is neither whitespace nor comment;
  * len at the end, NOT_FOUND inside an unterminated block comment. */
 static size_t skip_blank(const char *s, size_t len, size_t j)
@@ -1297,6 +1324,13 @@ static void lex_run(Lex *L)
             i += n;
             L->kw = k;
             L->operand = kw_ends_operand(k);
+            if (i < len && cls[(unsigned char)s[i]] == C_SPACE) {
+                /* most words have a blank after them: the run below, without a
+                 * second dispatch */
+                while (++i < len && cls[(unsigned char)s[i]] == C_SPACE)
+                    ;
+                L->space = true;
+            }
             continue;
         }
         if (k == C_SPACE) { /* a run of blanks is one step */
@@ -1335,11 +1369,23 @@ static void lex_run(Lex *L)
         }
         if (k == C_DIGIT || (k == C_QUOTE && L->kw != KW_TYPE)) {
             /* a number or a string: a placeholder (lex_number, lit_token) */
-            n = k == C_DIGIT ? scan_number(s, len, i) : scan_quoted(s, len, i, false);
+            n = k == C_DIGIT ? scan_number_fast(s, len, i) : scan_quoted(s, len, i, false);
             if (n == NOT_FOUND)
                 goto step;
             L->o = o;
             if (!lit_untyped(L, i, n, k == C_DIGIT ? SHAPE_LIT_NUMBER : SHAPE_LIT_STRING, 0))
+                return;
+            i = L->i;
+            o = L->o;
+            continue;
+        }
+        if (c == '-' && !L->operand && i + 1 < len && is_digit((unsigned char)s[i + 1])) {
+            /* a minus that cannot be binary, then digits: one literal, as
+             * lex_operator finds it (its operator is "-" alone) and hands it
+             * to lex_number */
+            n = scan_number_fast(s, len, i + 1);
+            L->o = o;
+            if (!lit_untyped(L, i, n, SHAPE_LIT_NUMBER, 0))
                 return;
             i = L->i;
             o = L->o;

@@ -464,6 +464,42 @@ static void test_fast_lane_agrees(void **state)
 }
 
 /*
+ * Numbers, signs and blanks as the fast lane takes them itself (digit runs
+ * inline, a unary minus, the blanks after a word), next to every form that
+ * must still go to scan_number or lex_operator; each text and its prefixes.
+ */
+static void test_fast_lane_numbers(void **state)
+{
+    static const char *const texts[] = {
+        "UPDATE pgbench_accounts SET abalance = abalance + -4213 WHERE aid = 398123;",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 52, -17, "
+        "CURRENT_TIMESTAMP);",
+        "SELECT 1_000, 1__2, 5_, 0x1F, 0X1f, 0o17, 0b101, 0b, 0x, 1e5, 1E-3, 2e+, 3e, 12.5, 5., "
+        "1..2, .5, 12abc, 3x, 4o, 5b, 6E, 7_8_9",
+        "SELECT x -5, x-5, (-5), = -5, - 5, -.5, -0x1F, -1_0, -1e3, -7.25, 1 - -2, a--5\n, -",
+        "SELECT -5 WHERE a = -5 AND b IN (-1, -2) AND c = ARRAY[-3] LIMIT -1 OFFSET -0",
+        "SELECT date -5, interval -1, 'x' -5, $1 -5, ) -5, ] -5, abc   \t\n  -5, null -5, t.c -5",
+        "select  a ,  b  from   t   where  c = 1   ;   select 2",
+    };
+
+    for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
+        size_t len = strlen(texts[t]);
+        for (size_t cut = 0; cut <= len; cut++) {
+            char *exact = malloc(cut ? cut : 1); /* no NUL after the text */
+            assert_non_null(exact);
+            memcpy(exact, texts[t], cut);
+            expect_same_lanes(exact, cut);
+            free(exact);
+        }
+    }
+    /* the unary minus stays part of the literal, a binary one does not */
+    assert_true(shape_normalize(texts[0], strlen(texts[0]), sb));
+    assert_string_equal(sb->text,
+                        "update pgbench_accounts set abalance = abalance + $1 where aid = $2");
+    assert_int_equal(sb->lits[0].len, 5);
+}
+
+/*
  * Random SQL-ish texts: whatever the bytes, the lexer stays inside its
  * input and buffers and its output is consistent (the invariants below).
  * Deterministic; run under ASan/UBSan by the sanitized suite.
@@ -540,6 +576,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_corpus_shapes),
         cmocka_unit_test(test_fast_lane_agrees),
+        cmocka_unit_test(test_fast_lane_numbers),
         cmocka_unit_test(test_literal_kinds),
         cmocka_unit_test(test_escape_strings),
         cmocka_unit_test(test_dollar_quotes),
