@@ -1447,9 +1447,190 @@ static bool normalize(const char *sql, size_t len, ShapeBuf *out, bool fast)
     return true;
 }
 
+/* ---- templates: a statement seen again with other integers ---- */
+
+/*
+ * pgbench and ORMs send one text again and again with only its integers
+ * changed. Such a text lexes into the same tokens, so its result is that of
+ * the earlier text with the literals' offsets and lengths moved: a text
+ * whose bytes outside its integers are those of a recent statement's takes
+ * that statement's result (a template) without the lexer.
+ *
+ * A result becomes a template when every literal is a NUMBER written
+ * -?[0-9]+, a placeholder of its own, followed by a blank, "," ")" "]" ";"
+ * or the end (so that no other digits, nor ".", "_", "e" or a radix letter,
+ * could have made it a longer number). The lexer's state at a literal is
+ * then set by the bytes before it, which match, and every literal before
+ * it ends that state the same way (an operand). A text matches when the
+ * bytes between its literals are the template's and each literal is digits,
+ * with a "-" before them only where the template had one: the lexer took
+ * that minus as unary, and a number without it lexes to the same placeholder
+ * -- unless the byte before the minus could join a digit where it does not
+ * join a minus (a word, "$", "."), which templates_learn does not allow.
+ * Per thread (a worker's statements), TMPL_SLOTS of them, round robin.
+ */
+#define TMPL_SLOTS    8
+#define TMPL_MAX_SQL  512 /* longer texts (and normalised texts) are not kept */
+#define TMPL_MAX_LITS 32
+
+typedef struct Template {
+    uint64_t head[2], mask[2]; /* the text's first bytes, up to 16 before any literal */
+    uint32_t len;              /* of sql; 0: an unused slot */
+    uint32_t text_len, nlits, nstmts;
+    uint64_t hash;
+    struct {
+        uint16_t off, len; /* in sql, the "-" included */
+    } lits[TMPL_MAX_LITS];
+    char sql[TMPL_MAX_SQL];
+    char text[TMPL_MAX_SQL + 1]; /* NUL-terminated */
+} Template;
+
+static __thread Template templates[TMPL_SLOTS];
+static __thread unsigned template_next; /* the slot the next new template takes */
+
+/* The first 16 bytes of sql[0..len), zeros past len. */
+static inline void template_head(const char *sql, size_t len, uint64_t h[2])
+{
+    char b[16] = {0};
+
+    if (len >= 16) {
+        memcpy(h, sql, 16);
+        return;
+    }
+    memcpy(b, sql, len);
+    memcpy(h, b, 16);
+}
+
+/* May a template's literal s[off..off+n) stand for other integers? */
+static bool template_literal(const char *s, size_t len, size_t off, size_t n)
+{
+    size_t k = s[off] == '-' ? 1 : 0, end = off + n;
+    unsigned char next = at(s, len, end), prev = off ? (unsigned char)s[off - 1] : ' ';
+
+    if (n <= k)
+        return false;
+    for (size_t j = off + k; j < end; j++)
+        if (!is_digit(s[j]))
+            return false;
+    if (end < len && cls[next] != C_SPACE && next != ',' && next != ')' && next != ']' &&
+        next != ';')
+        return false;
+    return !k || cls[prev] == C_SPACE || prev == '(' || prev == ',' || prev == '[' || prev == '=' ||
+           prev == '<' || prev == '>' || prev == '+' || prev == '*' || prev == '/';
+}
+
+/* Keep the result in sb of sql[0..len) as a template, if it can be one. */
+static void templates_learn(const char *sql, size_t len, const ShapeBuf *sb)
+{
+    Template *t = NULL;
+    uint64_t head[2], mask[2];
+    unsigned char m[16];
+    size_t first;
+
+    if (len > TMPL_MAX_SQL || sb->text_len > TMPL_MAX_SQL || sb->nlits > TMPL_MAX_LITS ||
+        sb->nlits != sb->nparams || sb->max_bind != 0)
+        return;
+    for (uint32_t k = 0; k < sb->nlits; k++) {
+        const ShapeLit *lit = &sb->lits[k];
+        if (lit->kind != SHAPE_LIT_NUMBER || sb->params[k].n != 1 || sb->params[k].flags != 0 ||
+            !template_literal(sql, len, lit->off, lit->len))
+            return;
+    }
+    first = sb->nlits ? sb->lits[0].off : len;
+    memset(m, 0, sizeof(m));
+    memset(m, 0xff, first < 16 ? first : 16);
+    memcpy(mask, m, sizeof(mask));
+    template_head(sql, len, head);
+    head[0] &= mask[0];
+    head[1] &= mask[1];
+    /* a template with the same text before its first literal is replaced
+     * (one without a minus where this text has one, say), else the next slot */
+    for (unsigned i = 0; i < TMPL_SLOTS && !t; i++)
+        if (templates[i].len && templates[i].head[0] == head[0] &&
+            templates[i].head[1] == head[1] &&
+            (templates[i].nlits ? templates[i].lits[0].off : templates[i].len) == first &&
+            memcmp(templates[i].sql, sql, first) == 0)
+            t = &templates[i];
+    if (!t)
+        t = &templates[template_next++ % TMPL_SLOTS];
+    memcpy(t->head, head, sizeof(head));
+    memcpy(t->mask, mask, sizeof(mask));
+    t->len = (uint32_t)len;
+    t->text_len = sb->text_len;
+    t->nlits = sb->nlits;
+    t->nstmts = sb->nstmts;
+    t->hash = sb->hash;
+    for (uint32_t k = 0; k < sb->nlits; k++)
+        t->lits[k].off = (uint16_t)sb->lits[k].off, t->lits[k].len = (uint16_t)sb->lits[k].len;
+    memcpy(t->sql, sql, len);
+    memcpy(t->text, sb->text, sb->text_len + 1);
+}
+
+/* Does sql[0..len) match template t? Then its result is written to out. */
+static bool template_apply(const Template *t, const char *sql, size_t len, ShapeBuf *out)
+{
+    size_t pos = 0, tpos = 0, seg;
+
+    for (uint32_t k = 0; k < t->nlits; k++) {
+        size_t start;
+        seg = t->lits[k].off - tpos;
+        if (len - pos < seg || memcmp(sql + pos, t->sql + tpos, seg) != 0)
+            return false;
+        pos += seg;
+        start = pos;
+        if (pos < len && sql[pos] == '-') {
+            if (t->sql[t->lits[k].off] != '-')
+                return false;
+            pos++;
+        }
+        if (pos == len || !is_digit(sql[pos]))
+            return false;
+        while (++pos < len && is_digit(sql[pos]))
+            ;
+        out->lits[k] = (ShapeLit){
+            (uint32_t)start, (uint32_t)(pos - start), SHAPE_LIT_NUMBER, 0, (uint16_t)(k + 1), 0};
+        tpos = t->lits[k].off + t->lits[k].len;
+    }
+    seg = t->len - tpos;
+    if (len - pos != seg || memcmp(sql + pos, t->sql + tpos, seg) != 0)
+        return false;
+    for (uint32_t k = 0; k < t->nlits; k++)
+        out->params[k] = (ShapeParam){k, 1, 0};
+    out->status = SHAPE_OK;
+    out->hash = t->hash;
+    out->text_len = t->text_len;
+    out->nparams = out->nlits = t->nlits;
+    out->nstmts = t->nstmts;
+    out->max_bind = 0;
+    memcpy(out->text, t->text, t->text_len + 1);
+    return true;
+}
+
+/* The result of a template sql[0..len) matches, written to out; false when none does. */
+static bool templates_apply(const char *sql, size_t len, ShapeBuf *out)
+{
+    uint64_t head[2];
+
+    if (len > TMPL_MAX_SQL || len == 0)
+        return false;
+    template_head(sql, len, head);
+    for (unsigned i = 0; i < TMPL_SLOTS; i++) {
+        const Template *t = &templates[i];
+        if (t->len && (head[0] & t->mask[0]) == t->head[0] &&
+            (head[1] & t->mask[1]) == t->head[1] && template_apply(t, sql, len, out))
+            return true;
+    }
+    return false;
+}
+
 bool shape_normalize(const char *sql, size_t len, ShapeBuf *out)
 {
-    return normalize(sql, len, out, true);
+    if (templates_apply(sql, len, out))
+        return true;
+    if (!normalize(sql, len, out, true))
+        return false;
+    templates_learn(sql, len, out);
+    return true;
 }
 
 bool shape_normalize_stepwise(const char *sql, size_t len, ShapeBuf *out)

@@ -499,6 +499,106 @@ static void test_fast_lane_numbers(void **state)
     assert_int_equal(sb->lits[0].len, 5);
 }
 
+/* A copy of sql[0..n) with every digit run changed: longer or shorter, and a
+ * "-" put before it or taken away, as variant v says (0 .. 7). */
+static size_t vary_integers(const char *sql, size_t n, unsigned v, char *out, size_t cap)
+{
+    static const char *const digits[] = {"7", "40", "123456", "0", "9999999999", "05"};
+    size_t o = 0, run = 0;
+
+    for (size_t i = 0; i < n && o + 16 < cap; i++) {
+        bool starts =
+            sql[i] >= '0' && sql[i] <= '9' && (i == 0 || sql[i - 1] < '0' || sql[i - 1] > '9');
+        if (!starts) {
+            out[o++] = sql[i];
+            continue;
+        }
+        while (i + 1 < n && sql[i + 1] >= '0' && sql[i + 1] <= '9')
+            i++;
+        run++;
+        if ((v + run) % 3 == 0 && o > 0 && out[o - 1] == '-')
+            o--; /* the minus taken away */
+        else if ((v + run) % 3 == 1)
+            out[o++] = '-';
+        memcpy(out + o, digits[(v + run) % 6], strlen(digits[(v + run) % 6]));
+        o += strlen(digits[(v + run) % 6]);
+    }
+    return o;
+}
+
+/*
+ * A text seen again with other integers can take an earlier result
+ * (shape.c: templates): after each text, its variants (other integers,
+ * minus signs put or taken away) must still give what the general step
+ * gives, for the corpus and for the cases templates must refuse.
+ */
+static void test_templates(void **state)
+{
+    static const char *const pairs[][2] = {
+        {"SELECT (.-5)", "SELECT (.7)"}, /* ".7" is a number where ".-5" is not */
+        {"SELECT $-5", "SELECT $5"},     /* "$5" is a Bind parameter */
+        {"SELECT where-5", "SELECT where5"},
+        {"SELECT a.b-5", "SELECT a.b5"},
+        {"SELECT x=-5", "SELECT x=5"},
+        {"SELECT 5 x", "SELECT 5.5 x"},
+        {"SELECT 5 x", "SELECT 5e3 x"},
+        {"SELECT 0 x", "SELECT 0x1F x"},
+        {"SELECT 5xa", "SELECT 0xa"}, /* a radix after "0" only */
+        {"SELECT 5o7", "SELECT 0o7"},
+        {"SELECT 5 x", "SELECT 5_000 x"},
+        {"SELECT 5,6", "SELECT -5,-6"},
+        {"SELECT -5,-6", "SELECT 5,6"},
+        {"-7 + 3", "7 + 3"},
+        {"SELECT 1; SELECT 2", "SELECT 3; SELECT -4"},
+        {"x IN (5)", "x IN (5, 6)"},
+        {"x IN (-5, y)", "x IN (5, y)"},
+        {"SELECT ARRAY[-1]", "SELECT ARRAY[1]"},
+        {"SELECT date -5", "SELECT date 5"},
+        {"SELECT 5 --x", "SELECT -77 --x"},
+        {"/*5*/ SELECT 5", "/*5*/ SELECT 77"},
+        {"SELECT '5', 5", "SELECT '5', 6"},
+        {"SELECT 5", "SELECT 5a"},
+        {"SELECT 5", "SELECT 5$"},
+        {"SELECT 5 ", "SELECT 5"},
+        {"SELECT x -5", "SELECT x 5"},
+        {"SELECT y 5", "SELECT y -5"}, /* a minus only where the template had one */
+        {"SELECT x+-5", "SELECT x+5"},
+        {"SELECT x@-5", "SELECT x@5"},
+        {"SELECT x<-5", "SELECT x<5"},
+        {"BEGIN;", "BEGIN;"},
+        {"UPDATE pgbench_accounts SET abalance = abalance + -4213 WHERE aid = 398123;",
+         "UPDATE pgbench_accounts SET abalance = abalance + 17 WHERE aid = 5;"},
+    };
+    OrmRecord *recs = NULL;
+    int n = orm_data_load(&recs), checked = 0;
+    char var[8192];
+
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        ShapeBuf *first = malloc(sizeof(*first));
+        assert_non_null(first);
+        if (!shape_normalize(pairs[i][0], strlen(pairs[i][0]), first))
+            assert_int_not_equal(first->status, SHAPE_OK);
+        expect_same_lanes(pairs[i][1], strlen(pairs[i][1]));
+        expect_same_lanes(pairs[i][0], strlen(pairs[i][0]));
+        free(first);
+    }
+    assert_true(n > 0);
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k < recs[r].nsql; k++) {
+            const char *sql = recs[r].sql[k];
+            size_t len = strlen(sql);
+            for (unsigned v = 0; v < 8; v++) {
+                size_t m = vary_integers(sql, len, v, var, sizeof(var));
+                expect_same_lanes(sql, len);
+                expect_same_lanes(var, m);
+                expect_same_lanes(var, m); /* now from its own template too */
+                checked++;
+            }
+        }
+    assert_true(checked > 100);
+    orm_data_free(recs, n);
+}
+
 /*
  * Random SQL-ish texts: whatever the bytes, the lexer stays inside its
  * input and buffers and its output is consistent (the invariants below).
@@ -577,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_corpus_shapes),
         cmocka_unit_test(test_fast_lane_agrees),
         cmocka_unit_test(test_fast_lane_numbers),
+        cmocka_unit_test(test_templates),
         cmocka_unit_test(test_literal_kinds),
         cmocka_unit_test(test_escape_strings),
         cmocka_unit_test(test_dollar_quotes),
