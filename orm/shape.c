@@ -1487,6 +1487,10 @@ typedef struct Template {
 
 static __thread Template templates[TMPL_SLOTS];
 static __thread unsigned template_next; /* the slot the next new template takes */
+/* Slot + 1 of the template a text with these first 16 bytes matched last,
+ * by a hash of them: tried first, as a worker's clients interleave their
+ * statements in no order the slots could follow. */
+static __thread uint8_t template_hint[64];
 
 /* The first 16 bytes of sql[0..len), zeros past len. */
 static inline void template_head(const char *sql, size_t len, uint64_t h[2])
@@ -1609,16 +1613,27 @@ static bool template_apply(const Template *t, const char *sql, size_t len, Shape
 /* The result of a template sql[0..len) matches, written to out; false when none does. */
 static bool templates_apply(const char *sql, size_t len, ShapeBuf *out)
 {
+    const Template *t;
     uint64_t head[2];
+    unsigned hint;
 
     if (len > TMPL_MAX_SQL || len == 0)
         return false;
     template_head(sql, len, head);
-    for (unsigned i = 0; i < TMPL_SLOTS; i++) {
-        const Template *t = &templates[i];
-        if (t->len && (head[0] & t->mask[0]) == t->head[0] &&
-            (head[1] & t->mask[1]) == t->head[1] && template_apply(t, sql, len, out))
+    hint = (unsigned)(((head[0] ^ (head[1] >> 7)) * 0x9e3779b97f4a7c15ULL) >> 58);
+    if (template_hint[hint]) {
+        t = &templates[template_hint[hint] - 1];
+        if ((head[0] & t->mask[0]) == t->head[0] && (head[1] & t->mask[1]) == t->head[1] &&
+            template_apply(t, sql, len, out))
             return true;
+    }
+    for (unsigned i = 0; i < TMPL_SLOTS; i++) {
+        t = &templates[i];
+        if (t->len && (head[0] & t->mask[0]) == t->head[0] &&
+            (head[1] & t->mask[1]) == t->head[1] && template_apply(t, sql, len, out)) {
+            template_hint[hint] = (uint8_t)(i + 1);
+            return true;
+        }
     }
     return false;
 }
