@@ -1,7 +1,9 @@
 /*
  * The statement lexer: one pass over an SQL text that writes its normalised
  * shape, the shape's hash and the values taken out (rules in shape.h).
- * Hot path: no allocation, a table-driven dispatch per token, bounded output.
+ * Hot path: no allocation, a table-driven dispatch per token, bounded output,
+ * and per-thread templates that spare the pass for a text seen again with
+ * other integers.
  */
 #include "orm/shape.h"
 

@@ -131,13 +131,17 @@ typedef struct ShapeSpan {
  * Normalise sql[0..len) into out (see the rules at the top). Returns true
  * when out->status is SHAPE_OK; otherwise the statement's shape is unknown
  * and out holds only the status. Does not allocate; cost is linear in len.
+ * A text that differs from one of the thread's recent statements only in
+ * its integer literals takes that statement's result without the lexer
+ * (orm/shape.c: templates), with the same output as the lexer's.
  */
 __attribute__((warn_unused_result)) bool shape_normalize(const char *sql, size_t len,
                                                          ShapeBuf *out);
 /*
- * The same without the fast lane (orm/shape.c: lex_run), every token
- * through the general step: for the tests and the fuzzer, which hold the
- * two to the same output, as the fast lane repeats the general rules.
+ * The same without the fast lane (orm/shape.c: lex_run) nor templates,
+ * every token through the general step: for the tests and the fuzzer,
+ * which hold the two to the same output, as the fast lane repeats the
+ * general rules.
  */
 __attribute__((warn_unused_result)) bool shape_normalize_stepwise(const char *sql, size_t len,
                                                                   ShapeBuf *out);
