@@ -1469,16 +1469,22 @@ static bool normalize(const char *sql, size_t len, ShapeBuf *out, bool fast)
  * that minus as unary, and a number without it lexes to the same placeholder
  * -- unless the byte before the minus could join a digit where it does not
  * join a minus (a word, "$", "."), which templates_learn does not allow.
- * Per thread (a worker's statements), TMPL_SLOTS of them, round robin.
+ * Per thread (a worker's statements), TMPL_SLOTS of them. A new one takes
+ * a slot that no text has used for TMPL_KEEP statements, or none: when more
+ * templatable texts take turns than there are slots, the ones kept still
+ * match (instead of each evicting the next to come), and the others pay
+ * for the lexer but not for becoming templates.
  */
 #define TMPL_SLOTS    8
 #define TMPL_MAX_SQL  512 /* longer texts (and normalised texts) are not kept */
 #define TMPL_MAX_LITS 32
+#define TMPL_KEEP     (4 * TMPL_SLOTS)
 
 typedef struct Template {
     uint64_t head[2], mask[2]; /* the text's first bytes, up to 16 before any literal */
     uint32_t len;              /* of sql; 0: an unused slot */
     uint32_t text_len, nlits, nstmts;
+    uint32_t used; /* template_clock when it was made or last matched */
     uint64_t hash;
     struct {
         uint16_t off, len; /* in sql, the "-" included */
@@ -1488,7 +1494,8 @@ typedef struct Template {
 } Template;
 
 static __thread Template templates[TMPL_SLOTS];
-static __thread unsigned template_next; /* the slot the next new template takes */
+static __thread unsigned template_next;  /* where the search for a slot to take starts */
+static __thread uint32_t template_clock; /* statements seen */
 /* Slot + 1 of the template a text with these first 16 bytes matched last,
  * by a hash of them: tried first, as a worker's clients interleave their
  * statements in no order the slots could follow. */
@@ -1528,39 +1535,48 @@ static bool template_literal(const char *s, size_t len, size_t off, size_t n)
 /* Keep the result in sb of sql[0..len) as a template, if it can be one. */
 static void templates_learn(const char *sql, size_t len, const ShapeBuf *sb)
 {
+    static const unsigned char ones[32] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                           0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     Template *t = NULL;
     uint64_t head[2], mask[2];
-    unsigned char m[16];
     size_t first;
 
     if (len > TMPL_MAX_SQL || sb->text_len > TMPL_MAX_SQL || sb->nlits > TMPL_MAX_LITS ||
         sb->nlits != sb->nparams || sb->max_bind != 0)
         return;
-    for (uint32_t k = 0; k < sb->nlits; k++) {
-        const ShapeLit *lit = &sb->lits[k];
-        if (lit->kind != SHAPE_LIT_NUMBER || sb->params[k].n != 1 || sb->params[k].flags != 0 ||
-            !template_literal(sql, len, lit->off, lit->len))
+    for (uint32_t k = 0; k < sb->nlits; k++)
+        if (sb->lits[k].kind != SHAPE_LIT_NUMBER || sb->params[k].n != 1 ||
+            sb->params[k].flags != 0)
             return;
-    }
     first = sb->nlits ? sb->lits[0].off : len;
-    memset(m, 0, sizeof(m));
-    memset(m, 0xff, first < 16 ? first : 16);
-    memcpy(mask, m, sizeof(mask));
+    memcpy(mask, ones + 16 - (first < 16 ? first : 16), sizeof(mask)); /* first bytes 0xff */
     template_head(sql, len, head);
     head[0] &= mask[0];
     head[1] &= mask[1];
     /* a template with the same text before its first literal is replaced
-     * (one without a minus where this text has one, say), else the next slot */
+     * (one without a minus where this text has one, say), else a free or
+     * stale slot's */
     for (unsigned i = 0; i < TMPL_SLOTS && !t; i++)
         if (templates[i].len && templates[i].head[0] == head[0] &&
             templates[i].head[1] == head[1] &&
             (templates[i].nlits ? templates[i].lits[0].off : templates[i].len) == first &&
             memcmp(templates[i].sql, sql, first) == 0)
             t = &templates[i];
+    for (unsigned j = 0; j < TMPL_SLOTS && !t; j++) {
+        Template *v = &templates[(template_next + j) % TMPL_SLOTS];
+        if (!v->len || template_clock - v->used >= TMPL_KEEP) {
+            t = v;
+            template_next += j + 1;
+        }
+    }
     if (!t)
-        t = &templates[template_next++ % TMPL_SLOTS];
+        return; /* all in use */
+    for (uint32_t k = 0; k < sb->nlits; k++)
+        if (!template_literal(sql, len, sb->lits[k].off, sb->lits[k].len))
+            return;
     memcpy(t->head, head, sizeof(head));
     memcpy(t->mask, mask, sizeof(mask));
+    t->used = template_clock;
     t->len = (uint32_t)len;
     t->text_len = sb->text_len;
     t->nlits = sb->nlits;
@@ -1615,10 +1631,11 @@ static bool template_apply(const Template *t, const char *sql, size_t len, Shape
 /* The result of a template sql[0..len) matches, written to out; false when none does. */
 static bool templates_apply(const char *sql, size_t len, ShapeBuf *out)
 {
-    const Template *t;
+    Template *t;
     uint64_t head[2];
     unsigned hint;
 
+    template_clock++;
     if (len > TMPL_MAX_SQL || len == 0)
         return false;
     template_head(sql, len, head);
@@ -1626,14 +1643,17 @@ static bool templates_apply(const char *sql, size_t len, ShapeBuf *out)
     if (template_hint[hint]) {
         t = &templates[template_hint[hint] - 1];
         if ((head[0] & t->mask[0]) == t->head[0] && (head[1] & t->mask[1]) == t->head[1] &&
-            template_apply(t, sql, len, out))
+            template_apply(t, sql, len, out)) {
+            t->used = template_clock;
             return true;
+        }
     }
     for (unsigned i = 0; i < TMPL_SLOTS; i++) {
         t = &templates[i];
         if (t->len && (head[0] & t->mask[0]) == t->head[0] &&
             (head[1] & t->mask[1]) == t->head[1] && template_apply(t, sql, len, out)) {
             template_hint[hint] = (uint8_t)(i + 1);
+            t->used = template_clock;
             return true;
         }
     }

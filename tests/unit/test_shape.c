@@ -657,6 +657,10 @@ static void test_templates(void **state)
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         ShapeBuf *first = malloc(sizeof(*first));
         assert_non_null(first);
+        /* texts that cannot be templates, until no template is recent
+         * enough to be kept: the first of the pair becomes one */
+        for (int k = 0; k < 1000; k++)
+            assert_true(shape_normalize("SELECT 'x'", 10, first));
         if (!shape_normalize(pairs[i][0], strlen(pairs[i][0]), first))
             assert_int_not_equal(first->status, SHAPE_OK);
         expect_same_lanes(pairs[i][1], strlen(pairs[i][1]));
