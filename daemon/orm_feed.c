@@ -7,6 +7,7 @@
 #include "daemon/cache.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,17 @@ void orm_stmt_copy(OrmStmt *dst, const OrmStmt *src)
     *dst = *src;
     if (dst->info)
         shape_info_ref(dst->info);
+}
+
+/*
+ * *dst = *src without the parameter slots past src->nparams (the reference
+ * moves, none is taken). The ring and cur are per-client memory, cold when
+ * hundreds of clients take turns, and most statements have a few of the
+ * 17 parameter slots: a whole copy writes 3 cache lines, this one 1 or 2.
+ */
+static inline void stmt_move(OrmStmt *dst, const OrmStmt *src)
+{
+    memcpy(dst, src, offsetof(OrmStmt, params) + src->nparams * sizeof(src->params[0]));
 }
 
 /* The hashes in ow->hashes[0..np) as e's parameters (folding those past N1_MAX_PARAMS). */
@@ -310,7 +322,7 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
         if (ncap > ORM_MAX_QUEUED || !(n = malloc(ncap * sizeof(*n))))
             goto out_drop; /* not followed: as if it had not been seen */
         for (uint32_t i = 0; i < o->len; i++)
-            n[i] = o->ring[(o->head + i) % o->cap];
+            stmt_move(&n[i], &o->ring[(o->head + i) % o->cap]);
         free(o->ring);
         o->ring = n;
         o->cap = ncap;
@@ -318,7 +330,7 @@ static void client_queue(Client *c, Server *s, OrmStmt *e)
     }
     e->seq = o->next_seq++;
     e->sent = worker_now(c->w);
-    o->ring[(o->head + o->len) % o->cap] = *e;
+    stmt_move(&o->ring[(o->head + o->len) % o->cap], e);
     o->len++;
     it->n1 = ORM_RQ_TRACK;
     it->n1_seq = e->seq;
@@ -704,7 +716,7 @@ static void stmt_start(Client *c, RqItem *it)
         return;
     }
     orm_stmt_release(&o->cur);
-    o->cur = *e; /* the reference moves */
+    stmt_move(&o->cur, e); /* the reference moves */
     o->head = (o->head + 1) % o->cap;
     o->len--;
     o->cur_open = true;
