@@ -803,8 +803,7 @@ static void client_note_session(Client *c, Server *s, const char *what)
 /* The text of the Query (skip 0) or Parse (skip past the name) at cur: its session state. */
 static const char *peek_session(const IoCursor *cur, uint32_t len, bool parse)
 {
-    char buf[4096];
-    size_t n = len < sizeof(buf) ? len : sizeof(buf), off = 0, left;
+    size_t n = len < 4096 ? len : 4096, off = 0, left;
     const char *text, *z;
 
     /* what has arrived of the first 4 KiB: the statement words come first */
@@ -815,12 +814,7 @@ static const char *peek_session(const IoCursor *cur, uint32_t len, bool parse)
         n = left;
     if (n == 0)
         return NULL;
-    text = (const char *)io_cursor_span(cur, PROTO_HDR_LEN, n); /* in place, or copied */
-    if (!text) {
-        if (!io_cursor_peek_at(cur, PROTO_HDR_LEN, buf, n))
-            return NULL;
-        text = buf;
-    }
+    text = (const char *)io_cursor_span(cur, PROTO_HDR_LEN, n); /* in place */
     if (parse) {
         z = memchr(text, 0, n);
         if (!z)
@@ -928,9 +922,8 @@ oom:
  */
 static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len, bool shaped)
 {
-    uint8_t text[128];
+    const uint8_t *text = io_cursor_span(cur, PROTO_HDR_LEN, len);
     char name[64];
-    size_t n = len < sizeof(text) ? len : sizeof(text);
     QueryKind kind = QK_OTHER;
     bool tx_mode = c->pool->mode == POOL_TRANSACTION;
 
@@ -938,9 +931,8 @@ static bool client_note_query(Client *c, Server *s, IoCursor *cur, uint32_t len,
         client_note_session(c, s, peek_session(cur, len, false));
     /* Only short texts starting with R or D (after blanks) can be one of
      * these statements: most queries are let through on their first byte. */
-    if (len <= sizeof(text) && io_cursor_peek_at(cur, PROTO_HDR_LEN, text, n) &&
-        query_may_reset(text, n))
-        kind = query_kind(text, n, true, name, sizeof(name));
+    if (len <= 128 && text && query_may_reset(text, len))
+        kind = query_kind(text, len, true, name, sizeof(name));
     switch (kind) {
     case QK_DROPS_STATEMENTS:
         if (tx_mode)
@@ -1176,11 +1168,10 @@ static void client_process(Client *c)
         if (tx_mode && type == 'Q' && c->stmts.count > 0 && len <= 128) {
             /* DEALLOCATE of the client's own statement: the server-side one
              * is shared, so only the client's name goes. */
-            uint8_t text[128];
+            const uint8_t *text = io_cursor_span(&cur, PROTO_HDR_LEN, len);
             char name[64];
-            if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+            if (!text)
                 break;
-            io_cursor_peek_at(&cur, PROTO_HDR_LEN, text, len);
             if (query_may_reset(text, len) &&
                 query_kind(text, len, true, name, sizeof(name)) == QK_DEALLOCATE_ONE &&
                 client_stmts_get(&c->stmts, name)) {
@@ -1198,9 +1189,9 @@ static void client_process(Client *c)
             }
         }
         if (tx_mode && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
-            uint8_t head[256];
-            size_t n = len < sizeof(head) ? len : sizeof(head);
-            if (!io_cursor_peek_at(&cur, PROTO_HDR_LEN, head, n))
+            size_t n = len < 256 ? len : 256;
+            const uint8_t *head = io_cursor_span(&cur, PROTO_HDR_LEN, n);
+            if (!head)
                 break; /* wait for the names */
             if (type == 'P' && n > 1 && head[0] == 0)
                 client_note_session(c, s, peek_session(&cur, len, true));

@@ -343,20 +343,11 @@ out_drop:
     orm_stmt_release(e);
 }
 
-/* The body of the message at cur, in place when it lies in one vector of the
- * input, else copied whole into ow->msg; NULL when it is too long or not all
- * there. Read only, and only until the input is drained. */
-static const uint8_t *client_body(Client *c, const IoCursor *cur, uint32_t len)
+/* The body of the message at cur, in place; NULL when it is too long to
+ * follow or not all there. Read only, and only until the input is drained. */
+static const uint8_t *client_body(const IoCursor *cur, uint32_t len)
 {
-    const uint8_t *in_place;
-
-    if (len > ORM_MAX_MSG || io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
-        return NULL;
-    in_place = io_cursor_span(cur, PROTO_HDR_LEN, len);
-    if (in_place)
-        return in_place;
-    io_cursor_peek_at(cur, PROTO_HDR_LEN, c->w->orm->msg, len);
-    return c->w->orm->msg;
+    return len > ORM_MAX_MSG ? NULL : io_cursor_span(cur, PROTO_HDR_LEN, len);
 }
 
 /* Length of the NUL-terminated text in p[0..n), or n. (memchr rather than
@@ -389,7 +380,7 @@ bool orm_client_whole(Client *c, Server *s, char type, uint32_t len, IoCursor *c
 static bool client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len,
                          const char **session)
 {
-    const uint8_t *body = client_body(c, cur, len);
+    const uint8_t *body = client_body(cur, len);
     OrmStmt e = {0};
     bool known = false;
 
@@ -410,7 +401,7 @@ static bool client_query(Client *c, Server *s, const IoCursor *cur, uint32_t len
 /* Remember the text of an unnamed Parse (or, in session mode, a named one). */
 static void client_parse(Client *c, const IoCursor *cur, uint32_t len)
 {
-    const uint8_t *body = client_body(c, cur, len);
+    const uint8_t *body = client_body(cur, len);
 
     if (!body) {
         uint8_t first = 1;
@@ -571,7 +562,7 @@ static void client_bind_named(Client *c, PreparedStmt *ps, MsgReader *r)
 
 static void client_bind(Client *c, const IoCursor *cur, uint32_t len)
 {
-    const uint8_t *body = client_body(c, cur, len);
+    const uint8_t *body = client_body(cur, len);
 
     if (!body) {
         bound_unknown(c->orm); /* too long to read: the unnamed portal (most likely) is unknown */
@@ -618,7 +609,7 @@ void orm_client_bind(Client *c, PreparedStmt *ps, const uint8_t *body, uint32_t 
 static void client_execute(Client *c, Server *s, const IoCursor *cur, uint32_t len)
 {
     ClientOrm *o = c->orm;
-    const uint8_t *body = client_body(c, cur, len);
+    const uint8_t *body = client_body(cur, len);
     OrmStmt e = {0};
     RqItem *prev;
 
@@ -637,7 +628,7 @@ static void client_execute(Client *c, Server *s, const IoCursor *cur, uint32_t l
 /* Session mode: Close of a named statement. */
 static void client_close_stmt(Client *c, const IoCursor *cur, uint32_t len)
 {
-    const uint8_t *body = client_body(c, cur, len);
+    const uint8_t *body = client_body(cur, len);
     MsgReader r;
     const char *name;
 
@@ -790,36 +781,21 @@ static void stmt_done(Client *c, RqItem *it, uint64_t rows)
 }
 
 /*
- * The body of the server message at cur: in place when it lies in one
- * vector of the input, else copied whole into ow->msg; valid until the input
- * is drained (the callers are done with it before). NULL with *wait set when
+ * The body of the server message at cur, in place: valid until the input is
+ * drained (the callers are done with it before). NULL with *wait set when
  * more bytes must arrive first; NULL alone when the message is too long to
  * read (go on without it).
  */
-static const uint8_t *server_body(Server *s, uint32_t len, IoCursor *cur, size_t *fwd, bool *wait)
+static const uint8_t *server_body(uint32_t len, const IoCursor *cur, bool *wait)
 {
-    const uint8_t *in_place;
-
     *wait = false;
     if (len > ORM_MAX_MSG)
         return NULL;
     if (io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len) {
-        if (iobuf_len(&s->io.in) < *fwd + PROTO_HDR_LEN + len) {
-            *wait = true;
-            return NULL;
-        }
-        s->pool->stats.bytes_out += *fwd;
-        io_forward(&s->client->io, &s->io.in, *fwd);
-        *fwd = 0;
-        io_cursor_init(cur, &s->io.in);
-        if (io_cursor_left(cur) < PROTO_HDR_LEN + (size_t)len)
-            return NULL;
+        *wait = true;
+        return NULL;
     }
-    in_place = io_cursor_span(cur, PROTO_HDR_LEN, len);
-    if (in_place)
-        return in_place;
-    io_cursor_peek_at(cur, PROTO_HDR_LEN, s->w->orm->msg, len);
-    return s->w->orm->msg;
+    return io_cursor_span(cur, PROTO_HDR_LEN, len);
 }
 
 /*
@@ -1005,7 +981,7 @@ static bool describe_message(Server *s, char type, uint32_t len, IoCursor *cur, 
         (next->n1 & ORM_RQ_STARTED))
         return true;
     if (type == 'T') {
-        body = server_body(s, len, cur, fwd, &wait);
+        body = server_body(len, cur, &wait);
         if (wait)
             return false;
     }
@@ -1039,7 +1015,7 @@ bool orm_server_message(Server *s, char type, uint32_t len, IoCursor *cur, size_
     case 'T':
         if (!(it->n1 & ORM_RQ_WANT) || (it->n1 & ORM_RQ_COLS))
             break;
-        body = server_body(s, len, cur, fwd, &wait);
+        body = server_body(len, cur, &wait);
         if (wait)
             return false;
         feed_columns(c, it, body, len);
@@ -1047,13 +1023,13 @@ bool orm_server_message(Server *s, char type, uint32_t len, IoCursor *cur, size_
     case 'D':
         if (!(it->n1 & ORM_RQ_WANT))
             break;
-        body = server_body(s, len, cur, fwd, &wait);
+        body = server_body(len, cur, &wait);
         if (wait)
             return false;
         feed_row(c, it, body, len);
         break;
     case 'C':
-        body = server_body(s, len, cur, fwd, &wait);
+        body = server_body(len, cur, &wait);
         if (wait)
             return false;
         stmt_done(c, it, body ? tag_rows(body, len) : 0);

@@ -428,10 +428,9 @@ void server_relay(Server *s)
             break;
         case 'C':
             if (len <= 64 && s->stmts.lru.count > 0) {
-                uint8_t tag[64];
-                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+                const uint8_t *tag = io_cursor_span(&cur, PROTO_HDR_LEN, len);
+                if (!tag)
                     goto out;
-                io_cursor_peek_at(&cur, PROTO_HDR_LEN, tag, len);
                 if (tag_drops_statements(tag, len))
                     server_stmts_clear(&s->stmts, &s->w->prepared);
             }
@@ -469,11 +468,10 @@ void server_relay(Server *s)
             }
             break;
         case 'S': {
-            uint8_t body[1024];
-            if (len <= sizeof(body)) {
-                if (io_cursor_left(&cur) < PROTO_HDR_LEN + len)
+            const uint8_t *body;
+            if (len <= 1024) {
+                if (!(body = io_cursor_span(&cur, PROTO_HDR_LEN, len)))
                     goto out;
-                io_cursor_peek_at(&cur, PROTO_HDR_LEN, body, len);
                 server_note_param(s, body, len);
             }
             break;
